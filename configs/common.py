@@ -1,0 +1,117 @@
+"""Pieces shared by every task config: the attention, model, optimizer and run blocks.
+
+Task configs (`configs/<task>.py`) start from `base_config()` and fill in the recipe. Every key a
+user may override must exist here, because configs are locked (a typo'd key is an error).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+import attention
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses `key=value,key2=value2` preset arguments (big_vision style) over `defaults`.
+
+  A bare `key` means `key=True`. Values are converted to the type of the default.
+  """
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or '').split(',')):
+    key, sep, value = item.partition('=')
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f'unknown config argument {key!r}; known: {", ".join(sorted(defaults))}')
+    default = defaults[key]
+    if not sep:
+      out[key] = True
+    elif isinstance(default, bool):
+      if value.lower() not in ('true', 'false', '1', '0'):
+        raise ValueError(f'config argument {key}={value!r}: expected true or false')
+      out[key] = value.lower() in ('true', '1')
+    elif default is None:
+      out[key] = value
+    else:
+      out[key] = type(default)(value)
+  return out
+
+
+def attention_config() -> ml_collections.ConfigDict:
+  """`config.attention`: which algorithm (`kind`), which implementation (`impl`), options."""
+  c = ml_collections.ConfigDict()
+  c.kind = 'softmax'          # attention.known_kinds()
+  c.impl = 'xla'              # xla | cudnn | pallas (where the kind has it)
+  c.dropout = 0.0             # dropout on the attention weights
+  # Prior knowledge (attention/masks.py, attention/biases.py): expressions such as
+  # "local_window(64) | global_tokens([0])" and "alibi()" or "learnable(gaussian_window(8))".
+  c.mask = ''                 # binary prior mask, AND-ed with causal/padding
+  c.bias = ''                 # continuous prior on the scores (additive or multiplicative)
+  for kind, options in attention.default_configs().items():
+    c[kind] = options
+  return c
+
+
+def model_config() -> ml_collections.ConfigDict:
+  """`config.model`: the shared decoder-only transformer (models/lm.py)."""
+  c = ml_collections.ConfigDict()
+  c.num_layers = 2
+  c.d_model = 128
+  c.num_heads = 4
+  c.d_ff = 512
+  c.activation = 'relu'       # relu | gelu
+  c.dropout = 0.0             # residual/embedding dropout
+  c.activation_dropout = 0.0  # dropout after the FFN activation
+  c.pre_norm = True           # pre-LN (True) or post-LN (False) blocks
+  c.final_norm = True         # LayerNorm after the last block (pre-LN only)
+  c.positions = 'sinusoidal'  # sinusoidal | learned | none
+  c.max_len = 512             # longest sequence the position table covers
+  c.tie_embeddings = True
+  c.scale_embeddings = True   # multiply token embeddings by √d_model (fairseq)
+  # Adaptive input / softmax (Baevski & Auli 2019; Grave et al. 2017). Empty cutoffs = off.
+  c.adaptive_cutoffs = ()     # e.g. (20000, 60000)
+  c.adaptive_factor = 4.0
+  c.adaptive_input = False
+  c.adaptive_softmax = False
+  c.adaptive_softmax_dropout = 0.0
+  c.dtype = 'float32'         # compute dtype: float32 | bfloat16 (parameters stay float32)
+  c.vocab_size = -1           # set from the data
+  return c
+
+
+def optimizer_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = 'adamw'            # adam | adamw | nag
+  c.learning_rate = 1e-3      # peak learning rate
+  c.b1 = 0.9
+  c.b2 = 0.98
+  c.eps = 1e-8
+  c.momentum = 0.99           # NAG
+  c.weight_decay = 0.0
+  c.schedule = 'inverse_sqrt'  # constant | inverse_sqrt | cosine
+  c.warmup_steps = 100
+  c.warmup_init_lr = 0.0
+  c.min_lr = 0.0              # cosine floor
+  c.grad_clip_norm = 0.0      # 0 = off
+  c.grad_accum_steps = 1      # micro-batches per update
+  return c
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = 'lm'
+  c.seed = 0
+  c.attention = attention_config()
+  c.model = model_config()
+  c.optimizer = optimizer_config()
+  c.data = ml_collections.ConfigDict()
+  c.train_steps = 1000
+  c.batch_size = 32           # sequences per update (split across devices and micro-batches)
+  c.seq_len = 128             # tokens per training sequence
+  c.log_every = 50
+  c.eval_every = 500
+  c.eval_batches = 20         # validation batches per periodic evaluation (-1 = whole split)
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 3      # last N kept, plus the best on validation
+  c.label_smoothing = 0.0
+  c.progress_bar = True
+  return c
