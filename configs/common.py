@@ -11,6 +11,15 @@ import ml_collections
 import attention
 
 
+def apply_common_args(config: ml_collections.ConfigDict, args: ml_collections.ConfigDict) -> None:
+  """Presets every task accepts: `attention=<kind>`, `steps=<N>`."""
+  if args.get('attention'):
+    attention.core_class(args.attention)  # a clear error listing the known kinds
+    config.attention.kind = args.attention
+  if args.get('steps'):
+    config.train_steps = args.steps
+
+
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """Parses `key=value,key2=value2` preset arguments (big_vision style) over `defaults`.
 
@@ -110,6 +119,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every = 50
   c.eval_every = 500
   c.eval_batches = 20         # validation batches per periodic evaluation (-1 = whole split)
+  c.eval_context_window = 0   # eval.py default: tokens of context before each scored window
   c.checkpoint_every = 500
   c.keep_checkpoints = 3      # last N kept, plus the best on validation
   c.label_smoothing = 0.0

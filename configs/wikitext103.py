@@ -1,0 +1,72 @@
+"""Word-level language modelling on WikiText-103 (or WikiText-2, with the same loader).
+
+    python train.py --config=configs/wikitext103.py:size=paper --config.data.dir=DATA/wikitext-103
+    python train.py --config=configs/wikitext103.py:size=tiny \\
+        --config.data.dir=../shared/data/wikitext-2 --workdir=runs/wt2-tiny
+    python eval.py --workdir=runs/wt2-tiny --split=test
+
+`data.dir` holds `wiki.{train,valid,test}.tokens` (the official `wikitext-103-v1.zip` from the
+Salesforce research release) or `train.txt/valid.txt/test.txt`. fairseq semantics: every line
+ends with `</s>`, vocabulary from train sorted by frequency; the WikiText-103 test set is 245,569
+tokens. Presets: `size=tiny|small|paper`, `attention=<kind>`, `steps=<N>`.
+
+size=paper mirrors Baevski & Auli (ICLR 2019), fairseq `transformer_lm_wiki103`, which reached
+**18.7 test perplexity** (17.97 valid) with 247M parameters, evaluated with
+`--context-window 2560` on 3072-token blocks (`references/anchors.md` B.1):
+  16 pre-LN decoder layers (no final norm), d_model 1024, FFN 4096, 8 heads, ReLU, sinusoidal
+  positions; dropout 0.3, attention dropout 0.1, activation dropout 0.1; adaptive input and
+  adaptive softmax, cutoffs 20000,60000, factor 4, tied weights and projections, adaptive-softmax
+  dropout 0.2; NAG (momentum 0.99), lr 1.0, linear warmup from 1e-7 over 16k updates, one
+  cosine period of 270k updates down to 1e-4, 286k updates, gradient clipping 0.1; 3072-token
+  blocks with no document breaks, 24 blocks (≈74k tokens) per update: fairseq's max-tokens 3072 ×
+  update-freq 3 × 8 GPUs, here batch_size 24 with grad_accum_steps 3.
+size=small: 4 layers × 256 (FFN 1024, 4 heads), 256-token blocks, Adam with inverse-sqrt decay:
+  a CPU-sized model for comparisons on WikiText-2.
+size=tiny: 2 layers × 128, seconds per hundred steps on a CPU: a smoke test of the whole path.
+"""
+
+from configs import common
+import data
+
+
+def get_config(arg: str | None = None):
+  args = common.parse_arg(arg, size='small', attention='', steps=0)
+  c = common.base_config()
+  c.data = data.lm_data_config('wikitext')
+  m, o = c.model, c.optimizer
+  if args.size == 'paper':
+    m.num_layers, m.d_model, m.num_heads, m.d_ff = 16, 1024, 8, 4096
+    m.dropout, m.activation_dropout = 0.3, 0.1
+    c.attention.dropout = 0.1
+    m.pre_norm, m.final_norm, m.positions, m.activation = True, False, 'sinusoidal', 'relu'
+    m.adaptive_input = m.adaptive_softmax = True
+    m.adaptive_cutoffs, m.adaptive_factor, m.adaptive_softmax_dropout = (20000, 60000), 4.0, 0.2
+    m.tie_embeddings = True
+    m.max_len = 3072
+    o.name, o.learning_rate, o.momentum = 'nag', 1.0, 0.99
+    o.schedule, o.warmup_steps, o.warmup_init_lr, o.min_lr = 'cosine', 16000, 1e-7, 1e-4
+    o.grad_clip_norm, o.grad_accum_steps = 0.1, 3
+    c.seq_len, c.batch_size, c.train_steps = 3072, 24, 286000
+    c.eval_context_window = 2560
+    c.log_every, c.eval_every, c.checkpoint_every, c.eval_batches = 100, 2000, 2000, -1
+  elif args.size == 'small':
+    m.num_layers, m.d_model, m.num_heads, m.d_ff = 4, 256, 4, 1024
+    m.dropout = 0.1
+    m.max_len = 256
+    o.name, o.learning_rate, o.b1, o.b2, o.weight_decay = 'adamw', 1e-3, 0.9, 0.98, 0.01
+    o.schedule, o.warmup_steps, o.grad_clip_norm = 'inverse_sqrt', 500, 1.0
+    c.seq_len, c.batch_size, c.train_steps = 256, 16, 4000
+    c.eval_context_window = 128
+    c.log_every, c.eval_every, c.checkpoint_every, c.eval_batches = 50, 500, 500, 50
+  elif args.size == 'tiny':
+    m.num_layers, m.d_model, m.num_heads, m.d_ff = 2, 128, 2, 256
+    m.max_len = 128
+    o.name, o.learning_rate, o.schedule, o.warmup_steps = 'adamw', 2e-3, 'inverse_sqrt', 50
+    o.grad_clip_norm = 1.0
+    c.seq_len, c.batch_size, c.train_steps = 128, 16, 300
+    c.eval_context_window = 64
+    c.log_every, c.eval_every, c.checkpoint_every, c.eval_batches = 25, 100, 100, 20
+  else:
+    raise ValueError(f'size={args.size!r}: expected tiny, small or paper')
+  common.apply_common_args(c, args)
+  return c

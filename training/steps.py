@@ -1,0 +1,95 @@
+"""Pure functions that run inside `jax.jit`: the train step and the evaluation step.
+
+The model lives as (graphdef, params, rest): `params` is a pure nested dict of float32 arrays
+(what the optimizer updates and the checkpoint stores), `rest` the non-parameter NNX state
+(RNG streams). Dropout keys are derived from the run's base key and the step number
+(`fold_in(rng, step)`, then the micro-batch index), so a resumed run draws exactly the masks
+the uninterrupted run would have drawn.
+
+Losses and metrics are token-weighted: every function returns sums and a denominator (the
+number of weighted tokens), never a mean of means (as the Flax examples do).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+Batch = dict[str, jax.Array]   # inputs, targets: [B, T] int32; weights: [B, T] float32
+TrainState = dict[str, Any]    # params, opt_state, step, rng
+
+
+def split_model(model: nnx.Module):
+  """(graphdef, params as a pure dict, rest of the NNX state)."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  return graphdef, nnx.to_pure_dict(params), rest
+
+
+def _forward_nll(graphdef, params, rest, batch: Batch, *, key, label_smoothing: float,
+                 deterministic: bool, with_predictions: bool):
+  # A fresh copy at this trace level: reseeding mutates the RNG variables in `rest`.
+  model = nnx.merge(graphdef, params, jax.tree.map(jnp.asarray, rest))
+  if key is not None:
+    nnx.reseed(model, dropout=key)
+  hidden = model(batch['inputs'], deterministic=deterministic)
+  nll = model.token_nll(hidden, batch['targets'], label_smoothing=label_smoothing)
+  # Accuracy is reported for tasks with a small output vocabulary (the synthetic task).
+  predictions = jnp.argmax(model.logits(hidden), axis=-1) if with_predictions else None
+  return nll, predictions
+
+
+def make_train_step(graphdef, rest, optimizer: optax.GradientTransformation, *,
+                    grad_accum_steps: int, label_smoothing: float) -> Callable:
+  """`train_step(state, batch) -> (state, metrics)`; batch arrays are [micro-batches, B, T]."""
+
+  def loss_sums(params, micro: Batch, key):
+    nll, _ = _forward_nll(graphdef, params, rest, micro, key=key, label_smoothing=label_smoothing,
+                          deterministic=False, with_predictions=False)
+    w = micro['weights']
+    return jnp.sum(nll * w), jnp.sum(w)
+
+  def train_step(state: TrainState, batch: Batch):
+    step_key = jax.random.fold_in(state['rng'], state['step'])
+
+    # grad of the *sum* over tokens; divided by the token count of the whole update below.
+    def micro_loss_and_grad(params, mb, key):
+      (loss_sum, w), g = jax.value_and_grad(loss_sums, has_aux=True)(params, mb, key)
+      return loss_sum, w, g
+
+    def body(carry, xs):
+      i, mb = xs
+      grads, loss_sum, weight = carry
+      ls, w, g = micro_loss_and_grad(state['params'], mb, jax.random.fold_in(step_key, i))
+      return (jax.tree.map(jnp.add, grads, g), loss_sum + ls, weight + w), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state['params'])
+    (grads, loss_sum, weight), _ = jax.lax.scan(
+        body, (zeros, jnp.float32(0), jnp.float32(0)), (jnp.arange(grad_accum_steps), batch))
+    denom = jnp.maximum(weight, 1.0)
+    grads = jax.tree.map(lambda g: g / denom, grads)
+    updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    new_state = dict(state, params=params, opt_state=opt_state, step=state['step'] + 1)
+    metrics = {'loss_sum': loss_sum, 'weight': weight, 'grad_norm': optax.global_norm(grads)}
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(graphdef, rest, *, with_accuracy: bool) -> Callable:
+  """`eval_step(params, batch) -> {'loss_sum', 'weight'[, 'correct']}` (sums over the batch)."""
+
+  def eval_step(params, batch: Batch):
+    nll, pred = _forward_nll(graphdef, params, rest, batch, key=None, label_smoothing=0.0,
+                             deterministic=True, with_predictions=with_accuracy)
+    w = batch['weights']
+    out = {'loss_sum': jnp.sum(nll * w), 'weight': jnp.sum(w)}
+    if with_accuracy:
+      out['correct'] = jnp.sum((pred == batch['targets']) * w)
+    return out
+
+  return eval_step
