@@ -1,6 +1,16 @@
-"""Softmax attention (Vaswani et al. 2017): softmax(q kᵀ/√H + bias, masked) v.
+"""Softmax attention (Vaswani et al. 2017, eq. 1): softmax(q·kᵀ/√H + prior, masked)·v.
 
-INTERFACE STUB: being completed (cudnn impl, score mods, weights for analysis).
+`attention.kind=softmax`, with two implementations (`attention.impl`):
+
+- `xla`: the plain einsum formulation, also the reference the other cores and kernels are
+  tested against. Logits and softmax are float32 whatever the input dtype.
+- `cudnn`: cuDNN flash attention through `jax.nn.dot_product_attention(implementation='cudnn')`,
+  with the mask and additive priors materialised densely. NVIDIA GPUs only; bfloat16/float16
+  inputs; no attention dropout and no multiplicative score mods.
+
+Conventions shared by every core (attention/registry.py): the mask is applied after the score
+mod, and a query row with nothing to attend to (e.g. a padded query) outputs exact zeros with
+finite gradients, never the uniform average or NaN.
 """
 
 from __future__ import annotations
@@ -10,31 +20,95 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from attention.biases import ScoreMod
+from attention.masks import Mask
 from attention.registry import register
+
+IMPLEMENTATIONS = ('xla', 'cudnn')
+
+
+def attention_weights(q: jnp.ndarray, k: jnp.ndarray, mask: Mask | None = None,
+                      score_mod: ScoreMod | None = None) -> jnp.ndarray:
+  """Softmax attention weights `[B, N, T, S]` float32 for `q: [B, T, N, H]`, `k: [B, S, N, H]`.
+
+  Rows sum to 1 where the mask lets the query see at least one key, and are all zero where it
+  sees none: `jax.nn.softmax(where=mask)` normalises over the allowed keys only, so a fully
+  masked row has no denominator to divide by zero and its gradient is zero, not NaN.
+  """
+  scale = q.shape[-1] ** -0.5
+  # float32 logits even for bfloat16 inputs: the products of bf16 numbers are exact in fp32,
+  # so only the accumulation rounds.
+  s = jnp.einsum('btnh,bsnh->bnts', q, k, preferred_element_type=jnp.float32) * scale
+  if score_mod is not None:
+    s = score_mod(s)
+  m = None if mask is None else mask.dense(q.shape[1], k.shape[1])
+  return jax.nn.softmax(s, axis=-1, where=m)
 
 
 @register('softmax')
 class SoftmaxAttention(nnx.Module):
+  """Multi-head softmax attention core: `core(q, k, v, mask, *, score_mod, deterministic)`.
+
+  Shapes: `q: [B, T, N, H]`, `k, v: [B, S, N, H]` → `[B, T, N, H]` in `v`'s dtype. Reads
+  `config.impl` (xla | cudnn) and `config.dropout` (on the attention weights, xla only).
+  """
 
   @classmethod
   def default_config(cls) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict()
 
   def __init__(self, *, num_heads: int, head_dim: int, config, rngs: nnx.Rngs):
-    self.impl = config.impl
+    impl = config.impl
+    if impl not in IMPLEMENTATIONS:
+      raise ValueError(f'attention.impl={impl!r} is not available for attention.kind=softmax; '
+                       f'choose one of: {", ".join(IMPLEMENTATIONS)}')
+    if impl == 'cudnn':
+      if config.dropout > 0:
+        raise ValueError(f'attention.dropout={config.dropout} is not supported with '
+                         'attention.impl=cudnn; set attention.dropout=0 or use '
+                         'attention.impl=xla')
+      backend = jax.default_backend()
+      if backend != 'gpu':
+        raise ValueError(f'attention.impl=cudnn needs an NVIDIA GPU; this backend is {backend}; '
+                         'use attention.impl=xla')
+    self.impl = impl
+    self.num_heads, self.head_dim = num_heads, head_dim
     self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
 
-  def __call__(self, q, k, v, mask=None, *, score_mod=None, deterministic: bool = True,
-               sow_weights: bool = False):
-    scale = q.shape[-1] ** -0.5
-    s = jnp.einsum('btnh,bsnh->bnts', q, k, preferred_element_type=jnp.float32) * scale
-    if score_mod is not None:
-      s = score_mod(s)
-    m = None if mask is None else mask.dense(q.shape[1], k.shape[1])
-    w = jax.nn.softmax(s, axis=-1, where=m)
-    if m is not None:
-      w = jnp.where(m, w, 0.0)
+  def __call__(self, q, k, v, mask: Mask | None = None, *, score_mod: ScoreMod | None = None,
+               deterministic: bool = True, sow_weights: bool = False):
+    if self.impl == 'cudnn':
+      out = self._cudnn(q, k, v, mask, score_mod)
+      if sow_weights:
+        # cuDNN does not return its weights; recompute them (analysis only, not the hot path).
+        self.sow(nnx.Intermediate, 'attention_weights', attention_weights(q, k, mask, score_mod))
+      return out
+    w = attention_weights(q, k, mask, score_mod)
     if sow_weights:
       self.sow(nnx.Intermediate, 'attention_weights', w)
     w = self.dropout(w, deterministic=deterministic)
-    return jnp.einsum('bnts,bsnh->btnh', w.astype(v.dtype), v)
+    out = jnp.einsum('bnts,bsnh->btnh', w.astype(v.dtype), v,
+                     preferred_element_type=jnp.float32)
+    return out.astype(v.dtype)
+
+  def _cudnn(self, q, k, v, mask, score_mod):
+    """cuDNN flash attention with a dense mask and a dense additive bias."""
+    if q.dtype not in (jnp.bfloat16, jnp.float16):
+      raise ValueError(f'attention.impl=cudnn needs bfloat16 or float16 q/k/v, got {q.dtype}; '
+                       'set model.dtype=bfloat16 or use attention.impl=xla')
+    q_len, kv_len = q.shape[1], k.shape[1]
+    bias = None
+    if score_mod is not None:
+      if not score_mod.additive:
+        raise ValueError('attention.bias: multiplicative score mods are not supported with '
+                         'attention.impl=cudnn (cuDNN only adds a bias); use attention.impl=xla')
+      # cuDNN adds the bias in the input dtype, so the prior is rounded to bf16/fp16 here.
+      bias = score_mod.dense(q_len, kv_len, q.shape[2]).astype(q.dtype)
+    m = None if mask is None else mask.dense(q_len, kv_len)
+    out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=m, implementation='cudnn')
+    if m is not None:
+      # cuDNN turns the mask into a large negative bias, so a fully masked row gets the mean of
+      # v; zero it to keep the convention of the xla path.
+      sees_any = jnp.transpose(jnp.any(m, axis=-1), (0, 2, 1))[..., None]  # [B|1, T, N|1, 1]
+      out = jnp.where(sees_any, out, jnp.zeros((), out.dtype))
+    return out
