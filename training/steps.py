@@ -36,9 +36,10 @@ def _forward_nll(graphdef, params, rest, batch: Batch, *, key, label_smoothing: 
   if key is not None:
     nnx.reseed(model, dropout=key)
   hidden = model(batch['inputs'], deterministic=deterministic)
-  nll = model.token_nll(hidden, batch['targets'], label_smoothing=label_smoothing)
+  nll = model.token_nll(hidden, batch['targets'], label_smoothing=label_smoothing,
+                        deterministic=deterministic)
   # Accuracy is reported for tasks with a small output vocabulary (the synthetic task).
-  predictions = jnp.argmax(model.logits(hidden), axis=-1) if with_predictions else None
+  predictions = jnp.argmax(model.log_probs(hidden), axis=-1) if with_predictions else None
   return nll, predictions
 
 
