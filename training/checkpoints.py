@@ -12,6 +12,7 @@ mid-save leaves the previous checkpoints intact, and an existing step is never o
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,16 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 BEST_METRIC = 'valid_loss'
+
+
+class _QuietUntrackedSaves(logging.Filter):
+  """Orbax warns at every save without metrics; here that is normal (between validations)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return 'did not provide metrics' not in record.getMessage()
+
+
+logging.getLogger('absl').addFilter(_QuietUntrackedSaves())
 
 
 class CheckpointError(RuntimeError):
