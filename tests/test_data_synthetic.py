@@ -35,6 +35,30 @@ def test_an_example_asks_keys_whose_values_are_the_targets():
     assert (inputs[16:][weights[16:] == 0] != 0).sum() == 8  # the rest: answers and filler
 
 
+def test_pair_tokens_hold_key_and_value_in_one_token():
+  options = dict(num_kv_pairs=8, num_queries=8, key_vocab_size=16, value_vocab_size=16,
+                 pair_tokens=True)
+  first_pair = 1 + 16 + 16
+  for index in range(50):
+    ex = synthetic.make_example(index, seq_len=32, **options)
+    inputs, targets, weights = ex['inputs'], ex['targets'], ex['weights']
+    np.testing.assert_array_equal(inputs[1:], targets[:-1])
+    pairs = inputs[:8]
+    assert ((first_pair <= pairs) & (pairs < first_pair + 16 * 16)).all()
+    key, value = np.divmod(pairs - first_pair, 16)
+    answer = dict(zip((key + 1).tolist(), (value + 17).tolist()))
+    assert len(answer) == 8  # distinct keys
+    queried = np.flatnonzero(weights)
+    assert len(queried) == 8 and (queried >= 8).all()
+    for pos in queried:
+      assert targets[pos] == answer[int(inputs[pos])]
+  lm = _mqar(**options)
+  assert lm.vocab_size == 1 + 16 + 16 + 256
+  assert lm.decode([1, 17, first_pair + 16 * 2 + 5, 0]) == 'k0 v0 k2v5 .'
+  with pytest.raises(ValueError, match='need seq_len ≥ 23'):
+    lm.train_iterator(batch_size=2, seq_len=22, seed=0)
+
+
 def test_chance_accuracy_is_at_most_ten_percent():
   lm = _mqar()
   assert lm.chance_accuracy == 1 / 32 and lm.describe()['chance_accuracy'] <= 0.1
