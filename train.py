@@ -1,8 +1,8 @@
 """Trains a language model on a task config; rerunning the same command resumes it.
 
 Usage:
-  python train.py                                   # synthetic recall task, ~2 min on 2 CPUs
-  python train.py --config=configs/wikitext103.py:size=tiny \
+  python train.py                                   # synthetic recall task, < 1 min on 2 CPUs
+  python train.py --config=configs/wikitext103.py:size=tiny \\
       --config.data.dir=../shared/data/wikitext-2 --workdir=runs/wt2-tiny
   python train.py --config=configs/enwik8.py:size=small --config.attention.bias='alibi()'
 
@@ -10,7 +10,8 @@ Usage:
 (`size=tiny|small|paper` and the task's others; see the file's docstring). Any key of the config
 can then be overridden with --config.<key>=<value>, e.g. --config.attention.kind=softmax,
 --config.optimizer.learning_rate=5e-4, --config.model.dtype=bfloat16. Configs are locked: a
-misspelled key is an error. --show_config prints the resolved config and exits.
+misspelled key is an error. --show_config prints the resolved config and exits; every key is
+explained where it is defined, in configs/common.py and data/__init__.py.
 
 The workdir receives config.json and data.json (what the run was), checkpoints/ (the last
 `keep_checkpoints` and the best on validation), metrics.jsonl and tensorboard/ (training and

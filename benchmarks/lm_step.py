@@ -5,13 +5,14 @@
 
 Prints, and writes to benchmarks/results/lm_step-<name>.json:
 - tokens/s of the bare jitted train step (one batch on device, repeated; median of timed runs);
-- tokens/s of the full loop (`training.loop.train_and_evaluate`: data pipeline, logging,
-  periodic validation and checkpointing included), the median over its logging windows after
-  the first (which holds compilation);
+- tokens/s of the full loop (`training.loop.train_and_evaluate`: data pipeline, metric logging
+  and checkpointing included; validation runs once, after the last timed window), the median
+  over its logging windows after the first (which holds compilation);
 - their ratio (target ≥ 0.95 at size=small);
 - peak memory (device allocator peak on GPU/TPU; process max RSS on CPU);
-- model FLOPs per token (6·N + 12·L·T·d, Kaplan et al. 2020 / PaLM appendix B, embeddings
-  excluded from N) and XLA's own cost-analysis count, achieved TFLOP/s, and MFU against
+- model FLOPs per token (6·N + 12·L·T·d, Kaplan et al. 2020 / PaLM appendix B, with N the
+  parameters that take part in matrix products: a tied embedding counts once, for the output
+  layer; a learned position table does not count) and XLA's own cost-analysis count, achieved TFLOP/s, and MFU against
   `--peak_tflops` (default: the bf16 dense peak of known GPUs; none on CPU).
 """
 
@@ -48,9 +49,9 @@ def _peak_tflops(device) -> float | None:
   return next((v for k, v in _KNOWN_PEAKS.items() if k in kind), None)
 
 
-def model_flops_per_token(config, n_params_non_embedding: int) -> float:
+def model_flops_per_token(config, n_matmul_params: int) -> float:
   m = config.model
-  return 6 * n_params_non_embedding + 12 * m.num_layers * config.seq_len * m.d_model
+  return 6 * n_matmul_params + 12 * m.num_layers * config.seq_len * m.d_model
 
 
 def main(argv):
@@ -68,7 +69,7 @@ def main(argv):
   graphdef, params, rest = steps.split_model(model)
   leaves = jax.tree_util.tree_leaves_with_path(params)
   n_params = sum(x.size for _, x in leaves)
-  n_embed = sum(x.size for p, x in leaves if 'embed' in jax.tree_util.keystr(p).lower())
+  n_positions = sum(x.size for p, x in leaves if 'position' in jax.tree_util.keystr(p).lower())
   optimizer = optim.make_optimizer(config.optimizer, config.train_steps)
   state = jax.device_put(loop.initial_state(config, params, optimizer), distributed.replicated(mesh))
   accum = config.optimizer.grad_accum_steps
@@ -98,7 +99,8 @@ def main(argv):
   log_every = max(_STEPS.value // 6, 1)
   config.train_steps, config.log_every = _STEPS.value, log_every
   config.checkpoint_every = max(_STEPS.value // 3, 1)
-  config.eval_every = max(_STEPS.value // 2, 1)
+  # Validation is a separate cost, not loop overhead: it runs once, after the last window.
+  config.eval_every = _STEPS.value
   with tempfile.TemporaryDirectory() as workdir:
     loop.train_and_evaluate(config, workdir)
     rows = [json.loads(l) for l in (Path(workdir) / 'metrics.jsonl').read_text().splitlines()]
@@ -111,7 +113,7 @@ def main(argv):
     peak_mem, mem_kind = stats['peak_bytes_in_use'], 'device allocator peak'
   else:
     peak_mem, mem_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, 'process max RSS'
-  fpt = model_flops_per_token(config, n_params - n_embed)
+  fpt = model_flops_per_token(config, n_params - n_positions)
   achieved = bare * fpt / 1e12
   peak = _peak_tflops(device)
   name = (_OUT.value or '').strip() or None
