@@ -65,19 +65,17 @@ def lm_data_config(name: str) -> ml_collections.ConfigDict:
 
 def resolve_data_dir(directory: str) -> Path:
   """`directory` with ~ expanded; relative: from the working directory if it exists there, else
-  from the project root (where `../shared/data` lives)."""
+  from the project root (where `../shared/data` lives). A folder found in neither is returned as
+  given, for the loader to report with the files it expects."""
   if not directory:
     raise ValueError('data.dir is empty; set it to the folder that holds the data')
   path = Path(directory).expanduser()
   if path.exists():
     return path
-  tried = [path.absolute()]
-  if not path.is_absolute():
-    from_root = PROJECT_ROOT / path
-    if from_root.exists():
-      return from_root
-    tried.append(from_root.resolve())
-  raise ValueError(f'data.dir {directory!r} does not exist (tried {", ".join(map(str, tried))})')
+  if not path.is_absolute() and (PROJECT_ROOT / path).exists():
+    return PROJECT_ROOT / path
+  # A missing folder is reported by the task's loader, which names the files it expects there.
+  return path
 
 
 def build_lm_data(data_config: ml_collections.ConfigDict, *, seed: int) -> LMData:

@@ -24,10 +24,12 @@ BEST_METRIC = 'valid_loss'
 
 
 class _QuietUntrackedSaves(logging.Filter):
-  """Orbax warns at every save without metrics; here that is normal (between validations)."""
+  """Orbax warns at every save without metrics (normal here: between validations) and whenever
+  eval.py opens checkpoints read-only (as it means to)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return 'did not provide metrics' not in record.getMessage()
+    message = record.getMessage()
+    return 'did not provide metrics' not in message and 'is read only' not in message
 
 
 logging.getLogger('absl').addFilter(_QuietUntrackedSaves())
