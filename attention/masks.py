@@ -162,13 +162,18 @@ def _wrap(mask: Mask, parent: type) -> str:
   return f'({text})' if needs else text
 
 
-class _And(Mask):
+class _Binary(Mask):
+  """`a <op> b` for the element-wise logical `op`; block summaries combine with `combine`."""
+
+  op: staticmethod       # (bool array, bool array) -> bool array, NumPy or jnp
+  combine: staticmethod  # (summary, summary) -> summary, for masks that hold arrays
+  symbol: str
 
   def __init__(self, a: Mask, b: Mask):
     self.a, self.b = a, b
 
   def mask_fn(self, q_idx, kv_idx):
-    return self.a.mask_fn(q_idx, kv_idx) & self.b.mask_fn(q_idx, kv_idx)
+    return type(self).op(self.a.mask_fn(q_idx, kv_idx), self.b.mask_fn(q_idx, kv_idx))
 
   @property
   def is_static(self) -> bool:
@@ -177,31 +182,19 @@ class _And(Mask):
   def _summary(self, grid):
     if self.is_static:
       return grid.classify(self)
-    return np.minimum(self.a._summary(grid), self.b._summary(grid))
+    return type(self).combine(self.a._summary(grid), self.b._summary(grid))
 
   def __repr__(self):
-    return f'{_wrap(self.a, _And)} & {_wrap(self.b, _And)}'
+    cls = type(self)
+    return f'{_wrap(self.a, cls)} {self.symbol} {_wrap(self.b, cls)}'
 
 
-class _Or(Mask):
+class _And(_Binary):
+  op, combine, symbol = staticmethod(lambda x, y: x & y), staticmethod(np.minimum), '&'
 
-  def __init__(self, a: Mask, b: Mask):
-    self.a, self.b = a, b
 
-  def mask_fn(self, q_idx, kv_idx):
-    return self.a.mask_fn(q_idx, kv_idx) | self.b.mask_fn(q_idx, kv_idx)
-
-  @property
-  def is_static(self) -> bool:
-    return self.a.is_static and self.b.is_static
-
-  def _summary(self, grid):
-    if self.is_static:
-      return grid.classify(self)
-    return np.maximum(self.a._summary(grid), self.b._summary(grid))
-
-  def __repr__(self):
-    return f'{_wrap(self.a, _Or)} | {_wrap(self.b, _Or)}'
+class _Or(_Binary):
+  op, combine, symbol = staticmethod(lambda x, y: x | y), staticmethod(np.maximum), '|'
 
 
 class _Not(Mask):
