@@ -49,7 +49,7 @@ def run(workdir: Path, checkpoint: str, split: str, context_window: int | None,
   state, _ = ckpts.restore(step, loop.abstract_state(config, params, mesh), with_data=False)
   cw = config.eval_context_window if context_window is None else context_window
   bs = batch_size or config.batch_size
-  bs -= bs % mesh.size or 0
+  bs -= bs % mesh.size  # whole rows per device
   if bs <= 0:
     raise ValueError(f'--batch_size must be at least the number of devices ({mesh.size})')
   eval_step = jax.jit(steps.make_eval_step(graphdef, rest, with_accuracy=data.metric == 'accuracy'))

@@ -58,7 +58,6 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from training import distributed, loop, optim, steps  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
@@ -116,7 +115,6 @@ def main(argv):
   fpt = model_flops_per_token(config, n_params - n_positions)
   achieved = bare * fpt / 1e12
   peak = _peak_tflops(device)
-  name = (_OUT.value or '').strip() or None
   result = {
       'config': config_flags.get_config_filename(flags.FLAGS['config']),
       'device': f'{jax.device_count()} × {getattr(device, "device_kind", device.platform)}',
@@ -131,7 +129,7 @@ def main(argv):
   }
   stem = Path(result['config'].split(':')[0]).stem
   tag = result['config'].partition(':')[2].replace('=', '').replace(',', '-')
-  out = Path(name) if name else Path('benchmarks/results') / f'lm_step-{stem}{"-" + tag if tag else ""}.json'
+  out = Path(_OUT.value) if _OUT.value else Path('benchmarks/results') / f'lm_step-{stem}{"-" + tag if tag else ""}.json'
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(result, indent=2) + '\n')
   print(f'{result["config"]} on {result["device"]}, {n_params:,} parameters, '
@@ -144,7 +142,6 @@ def main(argv):
   mfu = 'n/a (pass --peak_tflops)' if peak is None else f'{100 * result["mfu"]:.1f}% of {peak} TFLOP/s'
   print(f'  achieved         : {achieved:12.4f} TFLOP/s; MFU {mfu}')
   print(f'  written to {out}')
-  del np
 
 
 if __name__ == '__main__':

@@ -53,18 +53,16 @@ def make_train_step(graphdef, rest, optimizer: optax.GradientTransformation, *,
     w = micro['weights']
     return jnp.sum(nll * w), jnp.sum(w)
 
+  # Gradient of the *sum* over tokens; divided by the token count of the whole update below.
+  loss_sums_and_grad = jax.value_and_grad(loss_sums, has_aux=True)
+
   def train_step(state: TrainState, batch: Batch):
     step_key = jax.random.fold_in(state['rng'], state['step'])
-
-    # grad of the *sum* over tokens; divided by the token count of the whole update below.
-    def micro_loss_and_grad(params, mb, key):
-      (loss_sum, w), g = jax.value_and_grad(loss_sums, has_aux=True)(params, mb, key)
-      return loss_sum, w, g
 
     def body(carry, xs):
       i, mb = xs
       grads, loss_sum, weight = carry
-      ls, w, g = micro_loss_and_grad(state['params'], mb, jax.random.fold_in(step_key, i))
+      (ls, w), g = loss_sums_and_grad(state['params'], mb, jax.random.fold_in(step_key, i))
       return (jax.tree.map(jnp.add, grads, g), loss_sum + ls, weight + w), None
 
     zeros = jax.tree.map(jnp.zeros_like, state['params'])
