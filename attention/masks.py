@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import ast
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -434,6 +434,49 @@ def prefix_lm(prefix_len: int) -> Mask:
   """Prefix LM (Raffel et al. 2020, §3.2.1): the first `prefix_len` keys are visible to all,
   the rest causally."""
   return _PrefixLM(_check_int('prefix_lm: prefix_len', prefix_len, 0))
+
+
+class CausalPadding(NamedTuple):
+  """A mask split into the parts linear-time cores support (see `causal_padding_parts`)."""
+  causal: bool            # attend to j ≤ i only
+  valid_q: Any            # [B, T] bool or None (every query valid)
+  valid_k: Any            # [B, S] bool or None (every key valid)
+
+
+def causal_padding_parts(mask: Mask | None, *, kind: str) -> CausalPadding:
+  """Splits `mask` into causal + padding, the only masks kernelised cores can honour.
+
+  Performer, SEA and other cores that never form the T×S score matrix cannot evaluate an
+  arbitrary mask; they accept an AND of `causal()` (offset 0) and `padding(...)` terms. Anything
+  else (a prior mask such as `local_window(64)`, segments, OR, NOT, causal offsets) raises a
+  ValueError naming `attention.kind=<kind>` and the mask, so a config is refused rather than
+  silently attending where the mask forbids it.
+  """
+  terms, stack = [], [] if mask is None else [mask]
+  while stack:
+    m = stack.pop()
+    if isinstance(m, _And):
+      stack += [m.b, m.a]
+    else:
+      terms.append(m)
+  is_causal, valid_q, valid_k = False, None, None
+
+  def combine(old, new):
+    return new if old is None else old & new
+
+  for m in terms:
+    if isinstance(m, _Causal) and m.offset == 0:
+      is_causal = True
+    elif isinstance(m, _Padding):
+      valid_k = combine(valid_k, m.valid_k)
+      if m.valid_q is not None:
+        valid_q = combine(valid_q, m.valid_q)
+    else:
+      raise ValueError(
+          f'attention.kind={kind} supports only causal() and padding masks (it never forms '
+          f'the full score matrix), but the layer got the mask {mask!r} (the term {m!r} is not '
+          'supported); remove attention.mask or use attention.kind=softmax')
+  return CausalPadding(is_causal, valid_q, valid_k)
 
 
 def _as_bool_array(array: Any, source: str) -> np.ndarray:

@@ -18,10 +18,15 @@ Registering a new variant is one decorated class in one file:
     class MyAttention(nnx.Module):
         @classmethod
         def default_config(cls) -> ml_collections.ConfigDict: ...   # `attention.mykind`
-        def __init__(self, *, num_heads, head_dim, config, rngs): ...
+        def __init__(self, *, num_heads, head_dim, config, layer_index, max_len, rngs): ...
 
 `config` is the whole `attention` ConfigDict; the core reads `config.dropout`, `config.impl`
-and its own options in `config.<kind>`.
+and its own options in `config.<kind>`. `layer_index` (0-based depth of the layer, for cores
+whose initialisation depends on depth, e.g. DIFF's λ_init) and `max_len` (the longest sequence
+the model is built for, for cores with position tables) may be ignored.
+
+A core that cannot honour a mask or a score mod raises ValueError naming the option
+(`attention/masks.py` `causal_padding_parts` splits the masks that linear-time cores support).
 """
 
 from __future__ import annotations
@@ -81,7 +86,8 @@ def default_configs() -> ml_collections.ConfigDict:
 
 
 def create_core(config: ml_collections.ConfigDict, *, num_heads: int, head_dim: int,
-                rngs: nnx.Rngs) -> nnx.Module:
+                rngs: nnx.Rngs, layer_index: int = 0, max_len: int = 512) -> nnx.Module:
   """Builds the core named by `config.kind` (`config` is the `attention` ConfigDict)."""
   cls = core_class(config.kind)
-  return cls(num_heads=num_heads, head_dim=head_dim, config=config, rngs=rngs)
+  return cls(num_heads=num_heads, head_dim=head_dim, config=config, layer_index=layer_index,
+             max_len=max_len, rngs=rngs)

@@ -57,7 +57,9 @@ class SoftmaxAttention(nnx.Module):
   def default_config(cls) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict()
 
-  def __init__(self, *, num_heads: int, head_dim: int, config, rngs: nnx.Rngs):
+  def __init__(self, *, num_heads: int, head_dim: int, config, rngs: nnx.Rngs,
+               layer_index: int = 0, max_len: int = 0):
+    del layer_index, max_len  # unused
     impl = config.impl
     if impl not in IMPLEMENTATIONS:
       raise ValueError(f'attention.impl={impl!r} is not available for attention.kind=softmax; '

@@ -109,8 +109,8 @@ class TransformerLM(nnx.Module):
             c.d_model, c.num_heads, c.d_ff, attention_config, max_len=c.max_len,
             activation=c.activation, dropout=c.dropout,
             activation_dropout=c.activation_dropout, pre_norm=c.pre_norm, dtype=self.dtype,
-            rngs=rngs)
-        for _ in range(c.num_layers)
+            layer_index=i, rngs=rngs)
+        for i in range(c.num_layers)
     ])
     if c.pre_norm and c.final_norm:
       self.final_norm = nnx.LayerNorm(c.d_model, epsilon=transformer.LAYER_NORM_EPS,

@@ -64,7 +64,7 @@ class MultiHeadAttention(nnx.Module):
 
   def __init__(self, d_model: int, num_heads: int, attention_config: ml_collections.ConfigDict,
                *, max_len: int, dtype: Any = jnp.float32, use_priors: bool = True,
-               rngs: nnx.Rngs):
+               layer_index: int = 0, rngs: nnx.Rngs):
     """Builds the projections, the core and the priors.
 
     Args:
@@ -75,6 +75,7 @@ class MultiHeadAttention(nnx.Module):
       dtype: compute dtype; parameters stay float32.
       use_priors: apply `attention_config.mask` / `.bias`. A seq2seq model turns this off for
         encoder–decoder attention, where query and key positions are not on the same axis.
+      layer_index: 0-based depth of the layer, passed to the core (DIFF's λ_init depends on it).
       rngs: `params` for the projections, `dropout` for attention dropout.
     """
     if d_model % num_heads:
@@ -96,7 +97,7 @@ class MultiHeadAttention(nnx.Module):
     self.k_proj = linear(d_model, self.kv_heads * self.head_dim_qk, _xavier_uniform_qkv)
     self.v_proj = linear(d_model, self.kv_heads * self.head_dim_v, _xavier_uniform_qkv)
     self.core = attention.create_core(attention_config, num_heads=num_heads, head_dim=head_dim,
-                                      rngs=rngs)
+                                      layer_index=layer_index, max_len=max_len, rngs=rngs)
     self.out_proj = linear(self.q_heads * self.head_dim_v, d_model, _xavier_uniform)
     # Priors are parsed once: a static Mask (plain Python object, part of the graph definition)
     # and a score modifier (an nnx.Module when it has parameters, e.g. a learnable bias).
@@ -118,7 +119,9 @@ class MultiHeadAttention(nnx.Module):
       x_kv: keys'/values' input `[B, S, D]`; None for self-attention.
       mask: the call's mask (causal, padding, …), True = attend; AND-ed with the prior mask.
       deterministic: disables attention dropout.
-      sow_weights: the core sows its weights `[B, N, T, S]` as `nnx.Intermediate`.
+      sow_weights: the core sows its weights `[B, N, T, S]` as `nnx.Intermediate`, and this
+        layer sows the core's output `context: [B, T, Nq, Hv]` (before the output projection;
+        what attention distillation matches).
 
     Returns:
       `[B, T, D]` in the compute dtype.
@@ -131,6 +134,8 @@ class MultiHeadAttention(nnx.Module):
     v = self.v_proj(x_kv).reshape(b, s, self.kv_heads, self.head_dim_v)     # [B, S, Nkv, Hv]
     out = self.core(q, k, v, _and_masks(mask, self.prior_mask), score_mod=self.score_mod,
                     deterministic=deterministic, sow_weights=sow_weights)   # [B, T, Nq, Hv]
+    if sow_weights:
+      self.sow(nnx.Intermediate, 'context', out)
     return self.out_proj(out.astype(self.dtype).reshape(b, t, self.q_heads * self.head_dim_v))
 
 
@@ -172,7 +177,7 @@ class DecoderBlock(nnx.Module):
                attention_config: ml_collections.ConfigDict, *, max_len: int,
                activation: str = 'relu', dropout: float = 0.0, activation_dropout: float = 0.0,
                pre_norm: bool = True, cross_attention: bool = False, dtype: Any = jnp.float32,
-               rngs: nnx.Rngs):
+               layer_index: int = 0, rngs: nnx.Rngs):
     self.pre_norm = pre_norm
 
     def layer_norm():
@@ -180,12 +185,13 @@ class DecoderBlock(nnx.Module):
                            param_dtype=jnp.float32, rngs=rngs)
 
     self.self_attention = MultiHeadAttention(d_model, num_heads, attention_config,
-                                             max_len=max_len, dtype=dtype, rngs=rngs)
+                                             max_len=max_len, dtype=dtype,
+                                             layer_index=layer_index, rngs=rngs)
     self.self_attention_norm = layer_norm()
     if cross_attention:
       self.cross_attention = MultiHeadAttention(d_model, num_heads, attention_config,
                                                 max_len=max_len, dtype=dtype, use_priors=False,
-                                                rngs=rngs)
+                                                layer_index=layer_index, rngs=rngs)
       self.cross_attention_norm = layer_norm()
     else:
       self.cross_attention = None

@@ -426,7 +426,7 @@ class _GroupedCore(nnx.Module):
   def projection_shape(cls, num_heads, head_dim):
     return num_heads, 1, head_dim, head_dim + 4
 
-  def __init__(self, *, num_heads, head_dim, config, rngs):
+  def __init__(self, *, num_heads, head_dim, config, rngs, layer_index=0, max_len=0):
     self.inner = SoftmaxAttention(num_heads=num_heads, head_dim=head_dim, config=config,
                                   rngs=rngs)
 
