@@ -144,7 +144,9 @@ class TransformerLM(nnx.Module):
       positions: `[B, T]` int positions; default `0 … T−1` in every row. With learned positions
         they must lie in `[0, model.max_len)` (not checkable under jit).
       deterministic: disables every dropout.
-      sow_weights: every layer's core sows its attention weights `[B, N, T, T]`; read them with
+      sow_weights: every layer's core sows its attention weights `[B, N, T, T]` (and its
+        self-attention layer the context), and the model sows each layer's output as
+        `hidden_states` (a tuple, one `[B, T, D]` per layer); read them with
         `nnx.pop(model, nnx.Intermediate)`.
 
     Returns:
@@ -167,6 +169,8 @@ class TransformerLM(nnx.Module):
       mask = mask & masks_lib.padding(valid, valid)
     for layer in self.layers:
       x = layer(x, mask, deterministic=deterministic, sow_weights=sow_weights)
+      if sow_weights:
+        self.sow(nnx.Intermediate, 'hidden_states', x)
     if self.final_norm is not None:
       x = self.final_norm(x)
     return x

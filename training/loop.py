@@ -8,6 +8,7 @@ and the data iterator's position are all restored, and dropout keys are a functi
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from tqdm import tqdm
 import data as data_lib
 from models.lm import TransformerLM
 from training import checkpoints as ckpt_lib
-from training import distributed, evaluate, optim, steps, workdir as workdir_lib
+from training import distill, distributed, evaluate, optim, steps, workdir as workdir_lib
 from training.metric_log import MetricLog
 
 
@@ -75,6 +76,9 @@ def _train_log_row(sums: dict, n_steps: int, seconds: float, tokens: int, metric
   row.pop('tokens')
   if metric == 'accuracy':  # not computed on the training stream
     row.pop('accuracy', None)
+  for key, value in sums.items():  # distillation terms: token-weighted means
+    if key.endswith('_sum') and key != 'loss_sum':
+      row[key[:-len('_sum')]] = value / max(sums['weight'], 1.0)
   row.update(grad_norm=sums['grad_norm'] / n_steps, learning_rate=lr,
              tokens_per_s=tokens / max(seconds, 1e-9), steps_per_s=n_steps / max(seconds, 1e-9))
   return row
@@ -96,6 +100,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   graphdef, params, rest = steps.split_model(model)
   n_params = sum(x.size for x in jax.tree.leaves(params))
   optimizer = optim.make_optimizer(config.optimizer, config.train_steps)
+  teacher = None
+  if distill.enabled(config):
+    teacher = distill.load_teacher(config, data.describe(), mesh)
+    teacher_params = jax.device_put(teacher.params, distributed.replicated(mesh))
   state = jax.device_put(initial_state(config, params, optimizer), distributed.replicated(mesh))
   schedule = optim.learning_rate_schedule(config.optimizer, config.train_steps)
 
@@ -109,13 +117,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     train_iter.set_state(data_state)
     logging.info('resumed from step %d', start)
     print(f'Resuming {workdir} from step {start}.', flush=True)
+  elif teacher is not None:
+    params, copied, kept = distill.init_from_teacher(state['params'], teacher_params)
+    state = dict(state, params=params, opt_state=optimizer.init(params))
+    print(f'Distilling from {teacher.workdir} (step {teacher.step}): {copied} parameter arrays '
+          f'copied from the teacher, {kept} new.', flush=True)
   metric_log = MetricLog(workdir, resume_step=start)
 
   train_step = jax.jit(
       steps.make_train_step(graphdef, rest, optimizer,
                             grad_accum_steps=config.optimizer.grad_accum_steps,
-                            label_smoothing=config.label_smoothing),
+                            label_smoothing=config.label_smoothing, teacher=teacher,
+                            distill_config=config.attention.sea if teacher else None),
       donate_argnums=0)
+  if teacher is not None:
+    train_step = functools.partial(train_step, teacher_params=teacher_params)
   eval_step = jax.jit(steps.make_eval_step(graphdef, rest,
                                            with_accuracy=data.metric == 'accuracy'))
 
@@ -130,7 +146,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   if jax.process_index() == 0:
     print(f'{n_params:,} parameters; {mesh.size} device(s); training steps {start}..'
           f'{config.train_steps}; workdir {workdir}', flush=True)
-  sums = {'loss_sum': 0.0, 'weight': 0.0, 'grad_norm': 0.0}
+  sums = None
   pending, window_start, window_steps, window_tokens = [], time.perf_counter(), 0, 0
   last_valid = None
   bar = tqdm(total=config.train_steps, initial=start, desc='train', unit='step',
@@ -149,6 +165,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       bar.update(1)
       if step % config.log_every == 0 or step == config.train_steps:
         for mm in jax.device_get(pending):
+          sums = sums or dict.fromkeys(mm, 0.0)
           for k in sums:
             sums[k] += float(mm[k])
         pending = []
@@ -156,7 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                              window_tokens, data.metric, float(schedule(step - 1)))
         metric_log.write(step, 'train', row)
         bar.set_postfix(loss=f'{row["loss"]:.3f}')
-        sums = dict.fromkeys(sums, 0.0)
+        sums = None
         window_start, window_steps, window_tokens = time.perf_counter(), 0, 0
       is_last = step == config.train_steps
       valid_loss = None

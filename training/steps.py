@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from training import distill
+
 Batch = dict[str, jax.Array]   # inputs, targets: [B, T] int32; weights: [B, T] float32
 TrainState = dict[str, Any]    # params, opt_state, step, rng
 
@@ -29,12 +31,17 @@ def split_model(model: nnx.Module):
   return graphdef, nnx.to_pure_dict(params), rest
 
 
-def _forward_nll(graphdef, params, rest, batch: Batch, *, key, label_smoothing: float,
-                 deterministic: bool, with_predictions: bool):
+def _merge(graphdef, params, rest, key=None):
   # A fresh copy at this trace level: reseeding mutates the RNG variables in `rest`.
   model = nnx.merge(graphdef, params, jax.tree.map(jnp.asarray, rest))
   if key is not None:
     nnx.reseed(model, dropout=key)
+  return model
+
+
+def _forward_nll(graphdef, params, rest, batch: Batch, *, key, label_smoothing: float,
+                 deterministic: bool, with_predictions: bool):
+  model = _merge(graphdef, params, rest, key)
   hidden = model(batch['inputs'], deterministic=deterministic)
   nll = model.token_nll(hidden, batch['targets'], label_smoothing=label_smoothing,
                         deterministic=deterministic)
@@ -44,36 +51,60 @@ def _forward_nll(graphdef, params, rest, batch: Batch, *, key, label_smoothing: 
 
 
 def make_train_step(graphdef, rest, optimizer: optax.GradientTransformation, *,
-                    grad_accum_steps: int, label_smoothing: float) -> Callable:
-  """`train_step(state, batch) -> (state, metrics)`; batch arrays are [micro-batches, B, T]."""
+                    grad_accum_steps: int, label_smoothing: float,
+                    teacher: Any = None, distill_config: Any = None) -> Callable:
+  """`train_step(state, batch, teacher_params=None) -> (state, metrics)`.
 
-  def loss_sums(params, micro: Batch, key):
-    nll, _ = _forward_nll(graphdef, params, rest, micro, key=key, label_smoothing=label_smoothing,
-                          deterministic=False, with_predictions=False)
+  Batch arrays are [micro-batches, B, T]. With a `teacher` (training/distill.py `Teacher`) the
+  step minimises the distillation objective of `distill_config` (`attention.sea`) and
+  `teacher_params` must be passed; metrics then also hold the objective and its terms as sums
+  (`<name>_sum`, to divide by `weight`). `loss_sum` is always the task NLL.
+  """
+
+  def loss_sums(params, micro: Batch, key, teacher_params):
     w = micro['weights']
-    return jnp.sum(nll * w), jnp.sum(w)
+    if teacher is None:
+      nll, _ = _forward_nll(graphdef, params, rest, micro, key=key,
+                            label_smoothing=label_smoothing, deterministic=False,
+                            with_predictions=False)
+      return jnp.sum(nll * w), (jnp.sum(nll * w), jnp.sum(w), {})
+    student = _merge(graphdef, params, rest, key)
+    teacher_model = _merge(teacher.graphdef, teacher_params, teacher.rest)
+    objective, nll, terms = distill.token_objective(student, teacher_model, micro,
+                                                    distill_config, deterministic=False)
+    sums = {f'{k}_sum': jnp.sum(v * w) for k, v in terms.items()}
+    sums['objective_sum'] = jnp.sum(objective * w)
+    return sums['objective_sum'], (jnp.sum(nll * w), jnp.sum(w), sums)
 
   # Gradient of the *sum* over tokens; divided by the token count of the whole update below.
   loss_sums_and_grad = jax.value_and_grad(loss_sums, has_aux=True)
 
-  def train_step(state: TrainState, batch: Batch):
+  def train_step(state: TrainState, batch: Batch, teacher_params=None):
+    if (teacher is None) != (teacher_params is None):
+      raise ValueError('train_step: pass teacher_params exactly when the step distils')
     step_key = jax.random.fold_in(state['rng'], state['step'])
 
     def body(carry, xs):
       i, mb = xs
-      grads, loss_sum, weight = carry
-      (ls, w), g = loss_sums_and_grad(state['params'], mb, jax.random.fold_in(step_key, i))
-      return (jax.tree.map(jnp.add, grads, g), loss_sum + ls, weight + w), None
+      grads, loss_sum, weight, extra = carry
+      (_, (ls, w, e)), g = loss_sums_and_grad(state['params'], mb,
+                                              jax.random.fold_in(step_key, i), teacher_params)
+      return (jax.tree.map(jnp.add, grads, g), loss_sum + ls, weight + w,
+              jax.tree.map(jnp.add, extra, e)), None
 
     zeros = jax.tree.map(jnp.zeros_like, state['params'])
-    (grads, loss_sum, weight), _ = jax.lax.scan(
-        body, (zeros, jnp.float32(0), jnp.float32(0)), (jnp.arange(grad_accum_steps), batch))
+    extra0 = {} if teacher is None else {
+        f'{k}_sum': jnp.float32(0) for k in distill.TERMS + ('objective',)}
+    (grads, loss_sum, weight, extra), _ = jax.lax.scan(
+        body, (zeros, jnp.float32(0), jnp.float32(0), extra0),
+        (jnp.arange(grad_accum_steps), batch))
     denom = jnp.maximum(weight, 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
     new_state = dict(state, params=params, opt_state=opt_state, step=state['step'] + 1)
-    metrics = {'loss_sum': loss_sum, 'weight': weight, 'grad_norm': optax.global_norm(grads)}
+    metrics = {'loss_sum': loss_sum, 'weight': weight, 'grad_norm': optax.global_norm(grads),
+               **extra}
     return new_state, metrics
 
   return train_step
@@ -82,7 +113,7 @@ def make_train_step(graphdef, rest, optimizer: optax.GradientTransformation, *,
 def make_eval_step(graphdef, rest, *, with_accuracy: bool) -> Callable:
   """`eval_step(params, batch) -> {'loss_sum', 'weight'[, 'correct']}` (sums over the batch)."""
 
-  def eval_step(params, batch: Batch):
+  def eval_step(params, batch: Batch):  # the student alone when the run distils
     nll, pred = _forward_nll(graphdef, params, rest, batch, key=None, label_smoothing=0.0,
                              deterministic=True, with_predictions=with_accuracy)
     w = batch['weights']
