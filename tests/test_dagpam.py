@@ -1,4 +1,4 @@
-"""Tests for the daGPAM core (attention/dagpam.py) against a float64 NumPy reference written here."""
+"""Tests for the daGPAM core (attention/dagpam.py) against a float64 NumPy reference."""
 
 from __future__ import annotations
 
@@ -58,7 +58,8 @@ def lambdas_float64(core, options):
       value = np.float64(var)
     else:
       rho = np.asarray(var[...], np.float64)
-      value = np.log1p(np.exp(rho)) if options.get('lambda_param', 'softplus') == 'softplus' else rho
+      softplus = options.get('lambda_param', 'softplus') == 'softplus'
+      value = np.log1p(np.exp(rho)) if softplus else rho
     out.append(np.broadcast_to(value, (NUM_HEADS,)))
   return out
 
@@ -87,7 +88,6 @@ def reference_dagpam(q, k, v, w, b, lam_pos, lam_neg, combination='affine', mask
   if b is not None:
     q_neg = q_neg + np.asarray(b, np.float64)
   scale = 1.0 / np.sqrt(q.shape[-1])
-  allowed = None
   maps = []
   for query in (q, q_neg):
     s = np.einsum('btnh,bsnh->bnts', query, k) * scale
