@@ -40,7 +40,8 @@ from flax import nnx
 _CORES: dict[str, type[nnx.Module]] = {}
 
 # Modules that register cores when imported. A variant added in its own file is listed here.
-_CORE_MODULES = ('attention.softmax', 'attention.dagpam', 'attention.diff')
+_CORE_MODULES = ('attention.softmax', 'attention.dagpam', 'attention.diff', 'attention.performer',
+                 'attention.topk', 'attention.sea')
 
 
 def register(kind: str) -> Callable[[type], type]:

@@ -24,7 +24,7 @@ B, T, V = 2, 12, 41
 SMALL_OPTIONS = {
     'topk': {'k': 4, 'query_chunk_size': 5},
     'performer': {'num_features': 16, 'chunk_size': 4},
-    'sea': {'predictor_length': 4, 'k': 2, 'distill': False},
+    'sea': {'predictor_length': 8, 'k': 2, 'distill': False},
 }
 # Kinds that never form the T×S score matrix and so support only causal and padding masks.
 LINEAR_KINDS = ('performer', 'sea')

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from attention import sea
 from training import checkpoints as ckpt_lib
 from training import workdir as workdir_lib
 
@@ -138,7 +139,7 @@ def init_from_teacher(student_params: dict, teacher_params: dict) -> tuple[dict,
     t = flat_t.get(path)
     if t is not None and t.shape == leaf.shape and t.dtype == leaf.dtype:
       copied += 1
-      return t
+      return jnp.array(t, copy=True)  # the student's state is donated; the teacher's is not
     kept += 1
     return leaf
 
@@ -156,19 +157,6 @@ def _layer_values(intermediates, name: str, where: str) -> list[jax.Array]:
     (value,) = node[name]
     out.append(value)
   return out
-
-
-def _row_kd(teacher_probs, student_log_probs, allowed, kl_weight):
-  """kl_weight·KL(teacher ‖ student) + mean over keys of (p_S − p_T)², per query `[B, T]`.
-
-  Averaged over heads. Entries outside `allowed` count as zero probability on both sides.
-  """
-  student_probs = jnp.where(allowed, jnp.exp(student_log_probs), 0.0)
-  positive = allowed & (teacher_probs > 0)
-  log_t = jnp.log(jnp.where(positive, teacher_probs, 1.0))
-  kl = jnp.sum(jnp.where(positive, teacher_probs * (log_t - student_log_probs), 0.0), axis=-1)
-  mse = jnp.mean(jnp.square(student_probs - teacher_probs), axis=-1)
-  return jnp.mean(kl_weight * kl + mse, axis=1)               # [B, N, T] → [B, T]
 
 
 def token_objective(student, teacher_model, batch: dict, sea_config, *,
@@ -198,8 +186,9 @@ def token_objective(student, teacher_model, batch: dict, sea_config, *,
   kl_w = sea_config.kl_weight
   per_layer = []
   for p_t, c_t, a_s, d_s, c_s in zip(probs_t, context_t, approx, dense, context_s):
-    l_approx = _row_kd(p_t, a_s, allowed, kl_w)
-    l_prob = _row_kd(p_t, d_s, allowed, kl_w)
+    # Per query token, averaged over heads.
+    l_approx = jnp.mean(sea.attention_kd_rows(p_t, a_s, allowed, kl_weight=kl_w)[0], axis=1)
+    l_prob = jnp.mean(sea.attention_kd_rows(p_t, d_s, allowed, kl_weight=kl_w)[0], axis=1)
     l_context = jnp.mean(jnp.square(c_s.astype(jnp.float32) - c_t.astype(jnp.float32)),
                          axis=(-2, -1))
     per_layer.append(l_approx + l_prob + l_context)

@@ -1,0 +1,318 @@
+"""Top-k attention (Gupta, Dar, Goodman, Ciprut, Berant 2021, arXiv 2106.06899).
+
+`attention.kind=topk`. Each query keeps only its k largest scores and normalises over them:
+
+    s_i = q_i·Kᵀ/√H (+ score mod, then the mask: masked keys are −∞)
+    I_i = top-k indices of s_i,   p_i = softmax(s_i[I_i]),   out_i = Σ_{j∈I_i} p_ij·v_j
+
+Queries are processed in chunks of C = `query_chunk_size` (a `lax.scan`), so the forward holds one
+C×S block of scores at a time. The backward is hand-written (`jax.custom_vjp`, the paper's
+"no-cache" function, §3.2 step 5 of the notes): it saves only q, k, v, the top-k indices and the
+top-k softmax values p ([B, N, T, k]) and recomputes, chunk by chunk,
+
+    A = scatter(p, I)   dV += Aᵀ·dout      dA = dout·Vᵀ gathered at I
+    dS = scatter(p ⊙ (dA − Σ p·dA), I)      dQ = dS·K/√H      dK += dSᵀ·Q/√H
+
+so memory is O(C·S + T·k + (T + S)·H), linear in T for a fixed chunk. Compute is still
+O(T·S·H): the full score row is needed to find its top k. T need not be a multiple of C: the last
+chunk is shifted back to end at T (it overlaps the previous one; the overlap is dropped from its
+output and from its backward), so positions past the sequence are never scored, which matters for
+score mods that read a position table.
+
+Masks and score mods. A custom_vjp cannot close over traced arrays, so the mask is split into
+its static part (anything built from `attention.mask` and `causal()`: a Mask holding no JAX
+arrays, evaluated on each chunk's index grid with `mask_fn`) and padding terms AND-ed at the top
+level, whose `valid_q`/`valid_k` arrays are passed explicitly; other dynamic masks (e.g.
+`segments` with per-example arrays) are refused. A score mod (additive or multiplicative, fixed
+or learnable) is evaluated per chunk as `score_mod(scores, q_offset=chunk_start)`; its state is
+passed explicitly (`nnx.split`) and its gradient is the vector-Jacobian product of the mod with
+dS, accumulated over chunks. Masked keys are never attended: if fewer than k keys are allowed, the
+remaining slots get zero weight, and a query that sees no key outputs zeros (finite gradients).
+
+Options (`attention.topk`): `k` (default 64, as the repository's 12-layer benchmarks) and
+`query_chunk_size` (default 1024, the reference's `Q_chunk_size`). `attention.dropout > 0` is
+refused: the reference applies dropout to the kept weights but advises against it.
+
+Uncertain: ties at the k-th score are broken by `lax.top_k` (lower key index first), the
+reference by `torch.topk` (unspecified); with continuous scores ties have probability zero.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from attention import masks as masks_lib
+from attention.biases import ScoreMod
+from attention.masks import Mask
+from attention.registry import register
+
+IMPLEMENTATIONS = ('xla',)
+
+
+def split_mask(mask: Mask | None, *, kind: str = 'topk') -> tuple[Mask | None, Any, Any]:
+  """`mask` as (static mask or None, valid_q [B, T] or None, valid_k [B, S] or None).
+
+  The mask must be an AND of terms that are each static (hold no JAX arrays) or a padding
+  mask; the static terms are AND-ed back together.
+  """
+  terms, stack = [], [] if mask is None else [mask]
+  while stack:
+    m = stack.pop()
+    # masks._And is the `&` node; walking it keeps each padding term's arrays explicit.
+    if isinstance(m, masks_lib._And):  # pylint: disable=protected-access
+      stack += [m.b, m.a]
+    else:
+      terms.append(m)
+  static, valid_q, valid_k = None, None, None
+  for m in terms:
+    if m.is_static:
+      static = m if static is None else static & m
+    elif isinstance(m, masks_lib._Padding):  # pylint: disable=protected-access
+      valid_k = m.valid_k if valid_k is None else valid_k & m.valid_k
+      if m.valid_q is not None:
+        valid_q = m.valid_q if valid_q is None else valid_q & m.valid_q
+    else:
+      raise ValueError(
+          f'attention.kind={kind} supports masks that are an AND of static masks (causal(), '
+          f'attention.mask expressions) and padding, but the layer got the mask {mask!r} (the '
+          f'term {m!r} holds per-example arrays outside a padding mask); use '
+          'attention.kind=softmax for it')
+  return static, valid_q, valid_k
+
+
+def topk_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | None = None,
+                   score_mod: ScoreMod | None = None, *, top_k: int,
+                   query_chunk_size: int) -> jax.Array:
+  """Top-k attention `[B, T, N, H]` float32 for `q: [B, T, N, H]`, `k, v: [B, S, N, H]`.
+
+  Memory linear in T, backward included (see the module docstring). `top_k ≥ S` is softmax
+  attention.
+  """
+  fn, args = _prepare(q, k, v, mask, score_mod, top_k=top_k, query_chunk_size=query_chunk_size)
+  return fn(*args)
+
+
+def topk_attention_weights(q: jax.Array, k: jax.Array, mask: Mask | None = None,
+                           score_mod: ScoreMod | None = None, *, top_k: int,
+                           query_chunk_size: int) -> jax.Array:
+  """The sparse weights of `topk_attention` as a dense `[B, N, T, S]` array (analysis only)."""
+  v = jnp.zeros(k.shape[:3] + (1,), jnp.float32)
+  run, args = _prepare(q, k, v, mask, score_mod, top_k=top_k, query_chunk_size=query_chunk_size,
+                       weights_only=True)
+  return run(*jax.lax.stop_gradient(args))
+
+
+def _prepare(q, k, v, mask, score_mod, *, top_k, query_chunk_size, weights_only=False):
+  """Builds the custom_vjp function for these static settings and its explicit arguments."""
+  static_mask, valid_q, valid_k = split_mask(mask)
+  batch, q_len, heads, _ = q.shape
+  kv_len = k.shape[1]
+  valid_q = (jnp.ones((batch, q_len), bool) if valid_q is None
+             else jnp.broadcast_to(jnp.asarray(valid_q, bool), (batch, q_len)))
+  valid_k = (jnp.ones((batch, kv_len), bool) if valid_k is None
+             else jnp.broadcast_to(jnp.asarray(valid_k, bool), (batch, kv_len)))
+  chunk = min(query_chunk_size, q_len)
+  # Chunk starts; the last one is moved back so that no chunk reaches past T.
+  starts = np.minimum(np.arange(-(-q_len // chunk)) * chunk, q_len - chunk).astype(np.int32)
+  if score_mod is None:
+    mod_def, mod_state = None, {}
+  else:
+    mod_def, mod_state = nnx.split(score_mod)
+    # Evaluate the mod once at the last chunk's (static) offset, so a position table that is
+    # too small fails here with its own message instead of being clamped inside the scan.
+    jax.eval_shape(lambda st: nnx.merge(mod_def, st)(
+        jnp.zeros((batch, heads, chunk, kv_len), jnp.float32), q_offset=int(starts[-1])),
+        mod_state)
+  plan = _Plan(top_k=min(top_k, kv_len), chunk=chunk, starts=starts, q_len=q_len,
+               static_mask=static_mask, mod_def=mod_def, scale=q.shape[-1] ** -0.5)
+  if weights_only:
+    return plan.dense_weights, (q, k, valid_q, valid_k, mod_state)
+  return plan.attention(), (q, k, v, valid_q, valid_k, mod_state)
+
+
+class _Plan:
+  """The chunked forward, the recomputing backward and their custom_vjp, for fixed settings."""
+
+  def __init__(self, *, top_k, chunk, starts, q_len, static_mask, mod_def, scale):
+    self.top_k, self.chunk, self.starts, self.q_len = top_k, chunk, starts, q_len
+    self.static_mask, self.mod_def, self.scale = static_mask, mod_def, scale
+    # Rows of a chunk at or past `owned_from` are its own; earlier ones (only in the shifted
+    # last chunk) belong to the previous chunk.
+    self.owned_from = (np.arange(len(starts)) * chunk).astype(np.int32)
+
+  # -- pieces shared by forward and backward ------------------------------------------------
+
+  def _rows(self, x, start):
+    return jax.lax.dynamic_slice_in_dim(x, start, self.chunk, axis=1)
+
+  def _scores(self, q_c, k, start, mod_state):
+    """Scaled scores after the score mod: [B, N, C, S] float32."""
+    s = jnp.einsum('bcnh,bsnh->bncs', q_c, k, preferred_element_type=jnp.float32) * self.scale
+    if self.mod_def is not None:
+      s = nnx.merge(self.mod_def, mod_state)(s, q_offset=start)
+    return s
+
+  def _allowed(self, start, valid_q_c, valid_k):
+    """Bool [B, 1|N, C, S]: the mask on this chunk's rows."""
+    q_idx = start + jnp.arange(self.chunk, dtype=jnp.int32)[:, None]
+    kv_idx = jnp.arange(valid_k.shape[1], dtype=jnp.int32)[None, :]
+    allowed = valid_q_c[:, None, :, None] & valid_k[:, None, None, :]
+    if self.static_mask is not None:
+      m = jnp.asarray(self.static_mask.mask_fn(q_idx, kv_idx), bool)
+      allowed = allowed & m.reshape((1,) * (4 - m.ndim) + m.shape)
+    return allowed
+
+  def _assemble(self, chunks, axis):
+    """Per-chunk results [n, ..., C (at `axis`), ...] → the T rows, overlap of the last dropped."""
+    n = chunks.shape[0]
+    last_skip = int(self.owned_from[-1] - self.starts[-1])
+    tail = jax.lax.slice_in_dim(chunks[-1], last_skip, self.chunk, axis=axis - 1)
+    if n == 1:
+      return tail
+    body = jnp.moveaxis(chunks[:-1], 0, axis - 1)                    # [..., n−1, C, ...]
+    body = body.reshape(body.shape[:axis - 1] + (-1,) + body.shape[axis + 1:])
+    return jnp.concatenate([body, tail], axis=axis - 1)
+
+  @staticmethod
+  def _scatter(values, idx, kv_len):
+    """[B, N, C, k] values at key indices idx → dense [B, N, C, S]."""
+    dense = jnp.zeros(idx.shape[:-1] + (kv_len,), values.dtype)
+    return jnp.put_along_axis(dense, idx, values, axis=-1, inplace=False)
+
+  def _select(self, q_c, k, start, valid_q_c, valid_k, mod_state):
+    """Top-k of one chunk: softmax values p [B, N, C, k] (0 at masked slots) and indices."""
+    s = self._scores(q_c, k, start, mod_state)
+    s = jnp.where(self._allowed(start, valid_q_c, valid_k), s, -jnp.inf)
+    top, idx = jax.lax.top_k(s, self.top_k)                          # sorted, descending
+    kept = top > -jnp.inf
+    row_max = jnp.where(kept[..., :1], top[..., :1], 0.0)
+    e = jnp.where(kept, jnp.exp(top - row_max), 0.0)
+    z = jnp.sum(e, axis=-1, keepdims=True)
+    return e / jnp.where(z > 0, z, 1.0), idx
+
+  # -- forward --------------------------------------------------------------------------------
+
+  def _forward(self, q, k, v, valid_q, valid_k, mod_state):
+    kv_len = k.shape[1]
+
+    def step(_, start):
+      p, idx = self._select(self._rows(q, start), k, start, self._rows(valid_q, start), valid_k,
+                            mod_state)
+      a = self._scatter(p, idx, kv_len)
+      out = jnp.einsum('bncs,bsnh->bcnh', a.astype(v.dtype), v,
+                       preferred_element_type=jnp.float32)
+      return None, (out, p, idx)
+
+    _, (out, p, idx) = jax.lax.scan(step, None, jnp.asarray(self.starts))
+    return self._assemble(out, axis=2), (p, idx)
+
+  def dense_weights(self, q, k, valid_q, valid_k, mod_state):
+    kv_len = k.shape[1]
+
+    def step(_, start):
+      p, idx = self._select(self._rows(q, start), k, start, self._rows(valid_q, start), valid_k,
+                            mod_state)
+      return None, self._scatter(p, idx, kv_len)
+
+    _, a = jax.lax.scan(step, None, jnp.asarray(self.starts))       # [n, B, N, C, S]
+    return self._assemble(a, axis=3)
+
+  # -- backward -------------------------------------------------------------------------------
+
+  def _backward(self, residuals, d_out):
+    q, k, v, valid_q, valid_k, mod_state, p, idx = residuals
+    kv_len = k.shape[1]
+    d_out = d_out.astype(jnp.float32)
+    additive = self.mod_def is None or nnx.merge(self.mod_def, mod_state).additive
+
+    def step(carry, x):
+      dk, dv, d_state = carry
+      start, owned_from, p_c, idx_c = x
+      q_c = self._rows(q, start)
+      own = (start + jnp.arange(self.chunk)) >= owned_from
+      do_c = jnp.where(own[None, :, None, None], self._rows(d_out, start), 0.0)   # [B, C, N, H]
+      a = self._scatter(p_c, idx_c, kv_len)
+      dv = dv + jnp.einsum('bncs,bcnh->bsnh', a, do_c)
+      d_a = jnp.einsum('bcnh,bsnh->bncs', do_c, v, preferred_element_type=jnp.float32)
+      d_a = jnp.take_along_axis(d_a, idx_c, axis=-1)                 # [B, N, C, k]
+      d_logits = p_c * (d_a - jnp.sum(p_c * d_a, axis=-1, keepdims=True))
+      d_s = self._scatter(d_logits, idx_c, kv_len)                   # dL/d(modded scores)
+      if self.mod_def is not None:
+        # Only a multiplicative mod needs the raw scores for its vjp.
+        s_raw = (jnp.zeros_like(d_s) if additive else
+                 jnp.einsum('bcnh,bsnh->bncs', q_c, k, preferred_element_type=jnp.float32)
+                 * self.scale)
+        _, vjp = jax.vjp(lambda s, st: nnx.merge(self.mod_def, st)(s, q_offset=start),
+                         s_raw, mod_state)
+        d_s, d_st = vjp(d_s)
+        d_state = jax.tree.map(jnp.add, d_state, d_st)
+      d_s = d_s * self.scale
+      dq_c = jnp.einsum('bncs,bsnh->bcnh', d_s, k, preferred_element_type=jnp.float32)
+      dk = dk + jnp.einsum('bncs,bcnh->bsnh', d_s, q_c, preferred_element_type=jnp.float32)
+      return (dk, dv, d_state), dq_c
+
+    init = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32),
+            jax.tree.map(jnp.zeros_like, mod_state))
+    xs = (jnp.asarray(self.starts), jnp.asarray(self.owned_from), p, idx)
+    (dk, dv, d_state), dq = jax.lax.scan(step, init, xs)
+    dq = self._assemble(dq, axis=2)
+    return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None, d_state)
+
+  def attention(self):
+    """f(q, k, v, valid_q, valid_k, mod_state) → out [B, T, N, H] float32, with the custom vjp."""
+
+    @jax.custom_vjp
+    def f(q, k, v, valid_q, valid_k, mod_state):
+      return self._forward(q, k, v, valid_q, valid_k, mod_state)[0]
+
+    def f_fwd(q, k, v, valid_q, valid_k, mod_state):
+      out, (p, idx) = self._forward(q, k, v, valid_q, valid_k, mod_state)
+      return out, (q, k, v, valid_q, valid_k, mod_state, p, idx)
+
+    f.defvjp(f_fwd, self._backward)
+    return f
+
+
+@register('topk')
+class TopKAttention(nnx.Module):
+  """Top-k attention core: `core(q, k, v, mask, *, score_mod)`, q [B, T, N, H] → [B, T, N, H]."""
+
+  @classmethod
+  def default_config(cls) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.k = 64                   # scores kept per query (k ≥ S is softmax attention)
+    c.query_chunk_size = 1024  # queries per step; memory O(chunk·S), any T works
+    return c
+
+  def __init__(self, *, num_heads: int, head_dim: int, config, rngs: nnx.Rngs,
+               layer_index: int = 0, max_len: int = 0):
+    del rngs, layer_index, max_len  # unused
+    if config.impl not in IMPLEMENTATIONS:
+      raise ValueError(f'attention.impl={config.impl!r} is not available for attention.kind=topk;'
+                       f' choose one of: {", ".join(IMPLEMENTATIONS)}')
+    if config.dropout > 0:
+      raise ValueError(f'attention.dropout={config.dropout} is not supported with '
+                       'attention.kind=topk (the reference advises against dropout on the kept '
+                       'weights); set attention.dropout=0')
+    opts = config.topk
+    for name, value in (('k', opts.k), ('query_chunk_size', opts.query_chunk_size)):
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'attention.topk.{name}={value!r} is not valid; expected an int ≥ 1')
+    self.num_heads, self.head_dim = num_heads, head_dim
+    self.k, self.query_chunk_size = opts.k, opts.query_chunk_size
+
+  def __call__(self, q, k, v, mask: Mask | None = None, *, score_mod: ScoreMod | None = None,
+               deterministic: bool = True, sow_weights: bool = False):
+    del deterministic  # no dropout
+    options = dict(top_k=self.k, query_chunk_size=self.query_chunk_size)
+    out = topk_attention(q, k, v, mask, score_mod, **options)
+    if sow_weights:
+      self.sow(nnx.Intermediate, 'attention_weights',
+               topk_attention_weights(q, k, mask, score_mod, **options))
+    return out.astype(v.dtype)
