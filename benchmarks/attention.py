@@ -11,8 +11,9 @@ causal mask, and measures
 - peak memory: XLA's buffer assignment for the compiled program (`memory_analysis()`: arguments +
   outputs + temporaries − aliased), which is exact for what the program allocates and does not
   depend on allocator noise; on GPU also the allocator's peak (`memory_stats()`).
-A case stops growing T once its memory estimate passes `--memory_limit_gib` or one call takes
-longer than `--time_limit_s`. Cases: `<kind>` is forward+backward (the gradient of Σ out·g with
+A case stops growing T after a length whose call takes longer than `--time_limit_s` (timed once
+then, not `--repeats` times), or whose compiled program needs more than `--memory_limit_gib`
+(then it is compiled, its memory reported, and not run). Cases: `<kind>` is forward+backward (the gradient of Σ out·g with
 respect to q, k, v and the core's parameters), `sea-inference` and `softmax-forward` are the
 forward pass alone (SEA with `inference='chunked'`).
 
@@ -141,15 +142,21 @@ def _measure(case: str, t: int) -> dict:
   if mem is not None:
     program_bytes = (mem.argument_size_in_bytes + mem.output_size_in_bytes
                      + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
-  jax.block_until_ready(compiled(*args))  # warm-up
-  times = []
-  for _ in range(_REPEATS.value):
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - start)
-  row = {'case': case, 'seq_len': t, 'time_s': statistics.median(times),
-         'program_bytes': program_bytes,
+  row = {'case': case, 'seq_len': t, 'time_s': None, 'program_bytes': program_bytes,
          'temp_bytes': None if mem is None else mem.temp_size_in_bytes}
+  if (program_bytes or 0) > _MEMORY_LIMIT.value * 2**30:
+    return row  # compiled only: too big to run here, but its memory need is known
+  start = time.perf_counter()
+  jax.block_until_ready(compiled(*args))  # warm-up
+  warm_up = time.perf_counter() - start
+  times = [warm_up]
+  if warm_up <= _TIME_LIMIT.value:  # a slow length is timed once, not `repeats` times
+    times = []
+    for _ in range(_REPEATS.value):
+      start = time.perf_counter()
+      jax.block_until_ready(compiled(*args))
+      times.append(time.perf_counter() - start)
+  row['time_s'] = statistics.median(times)
   stats = jax.devices()[0].memory_stats() or {}
   if 'peak_bytes_in_use' in stats:
     row['allocator_peak_bytes'] = stats['peak_bytes_in_use']
@@ -173,7 +180,9 @@ def _plot(results: dict, path: Path, title: str) -> None:
   fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.5))
   for case, rows in results.items():
     lens = [r['seq_len'] for r in rows]
-    ax_t.plot(lens, [r['time_s'] * 1e3 for r in rows], marker='o', label=case)
+    timed = [r for r in rows if r['time_s'] is not None]
+    ax_t.plot([r['seq_len'] for r in timed], [r['time_s'] * 1e3 for r in timed], marker='o',
+              label=case)
     ax_m.plot(lens, [r['program_bytes'] / 2**20 for r in rows], marker='o', label=case)
   for ax, label in ((ax_t, 'time per call (ms)'), (ax_m, 'program memory (MiB)')):
     ax.set_xscale('log', base=2)
@@ -213,9 +222,9 @@ def main(argv):
       row = _measure(case, t)
       rows.append(row)
       mib = row['program_bytes'] / 2**20 if row['program_bytes'] else float('nan')
-      print(f'{case:16s} T={t:6d}  {row["time_s"] * 1e3:10.1f} ms  {mib:10.1f} MiB', flush=True)
-      if (row['program_bytes'] or 0) > _MEMORY_LIMIT.value * 2**30 or (
-          row['time_s'] > _TIME_LIMIT.value):
+      ms = 'not run' if row['time_s'] is None else f'{row["time_s"] * 1e3:.1f} ms'
+      print(f'{case:16s} T={t:6d}  {ms:>12s}  {mib:10.1f} MiB', flush=True)
+      if row['time_s'] is None or row['time_s'] > _TIME_LIMIT.value:
         break
       t *= 2
     results[case] = rows
@@ -224,7 +233,8 @@ def main(argv):
            + ' | memory growth per doubling |', '']
   lines[1] = '|' + '---|' * (len(max(results.values(), key=len)) + 2)
   for case, rows in results.items():
-    cells = [f'{r["time_s"] * 1e3:.1f} ms / {r["program_bytes"] / 2**20:.0f} MiB' for r in rows]
+    cells = [('not run' if r['time_s'] is None else f'{r["time_s"] * 1e3:.1f} ms')
+             + f' / {r["program_bytes"] / 2**20:.0f} MiB' for r in rows]
     cells += [''] * (len(max(results.values(), key=len)) - len(rows))
     growth = _growth(rows)
     lines.append(f'| {case} | ' + ' | '.join(cells)

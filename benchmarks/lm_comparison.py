@@ -6,9 +6,10 @@ Every kind runs the same command, `train.py --config=configs/wikitext103.py:size
 the same seed, data order, steps, batch and schedule; only `attention.kind` and that kind's
 options (`KIND_OPTIONS`, chosen for 256-token sequences) differ. SEA is distilled from the softmax
 run (`attention.sea.teacher=<root>/softmax`), so softmax runs first. After training, `eval.py`
-scores the best checkpoint on the whole validation and test splits with the config's context
-window. A rerun skips the kinds whose workdir already holds a finished run of `--steps` updates
-and resumes interrupted ones.
+scores the checkpoint at the end of the budget (step `--steps`) on the whole validation and test
+splits with the config's context window. A rerun skips training for the kinds whose workdir
+already holds that checkpoint (a longer run's prefix is the same run: the inverse-sqrt schedule
+does not depend on the total) and resumes interrupted ones.
 
 Writes `<root>/comparison.json` and `<root>/comparison.md`: per kind, validation and test
 perplexity (with the context window), parameters, training tokens/s (median over the logging
@@ -33,11 +34,15 @@ _DATA = flags.DEFINE_string('data_dir', '../shared/data/wikitext-2',
 _ROOT = flags.DEFINE_string('root', 'runs/compare', 'One workdir per kind is made under it.')
 _KINDS = flags.DEFINE_list('kinds', ['softmax', 'dagpam', 'diff', 'performer', 'topk', 'sea'],
                            'Kinds in run order (sea needs softmax before it).')
-_STEPS = flags.DEFINE_integer('steps', 200, 'Updates per run (16 × 256 tokens each).')
+_STEPS = flags.DEFINE_integer('steps', 100, 'Updates per run (16 × 256 tokens each).')
 _WARMUP = flags.DEFINE_integer('warmup', 100, 'Learning-rate warm-up updates.')
 _EVAL_EVERY = flags.DEFINE_integer('eval_every', 100, 'Validation (50 batches) interval.')
 _EXTRA = flags.DEFINE_multi_string('set', [], 'Extra --config.<key>=<value> for every run.')
 _EVAL_BATCH = flags.DEFINE_integer('eval_batch_size', 32, 'Windows per batch in eval.py.')
+_SPLITS = flags.DEFINE_list(
+    'splits', ['valid', 'test'], 'Splits eval.py scores in full. A split left out is reported '
+    'from the run\'s last validation instead (its first `eval_batches` batches, no context '
+    'window), which the table marks.')
 
 # Per-kind options for 256-token sequences: top-k and SEA keep 32 of up to 256 keys per query
 # (1/8, as SEA's k = 64 of 2048 × 4 in OPT); SEA compresses the keys into K = 64 columns.
@@ -70,8 +75,51 @@ def _train_command(kind: str, workdir: Path) -> list[str]:
 
 def _tokens_per_s(workdir: Path) -> float | None:
   rows = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
-  rates = [r['tokens_per_s'] for r in rows if r.get('split') == 'train']
+  rates = [r['tokens_per_s'] for r in rows
+           if r.get('split') == 'train' and r['step'] <= _STEPS.value]
   return statistics.median(rates[1:]) if len(rates) > 1 else None
+
+
+def _finished_eval(workdir: Path, split: str) -> dict | None:
+  """eval.py's result for the budget's checkpoint at the config's context window, if any."""
+  results = [json.loads(p.read_text()) for p in (workdir / 'eval').glob(f'{split}-*.json')]
+  config = json.loads((workdir / 'config.json').read_text())
+  for r in results:
+    if (r['step'] == _STEPS.value and
+        r['protocol']['context_window'] == config['eval_context_window']):
+      return r
+  return None
+
+
+def _validation_at(workdir: Path, step: int) -> dict:
+  """The run's periodic validation logged at `step` (first `eval_batches` batches)."""
+  for line in (workdir / 'metrics.jsonl').read_text().splitlines():
+    r = json.loads(line)
+    if r['step'] == step and r['split'] == 'valid':
+      return dict(r, parameters=_parameters(workdir))
+  raise RuntimeError(f'{workdir}/metrics.jsonl has no validation at step {step}; make '
+                     '--steps a multiple of --eval_every')
+
+
+def _parameters(workdir: Path) -> int:
+  """Parameter count of the workdir's model, from its recorded config (shapes only)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, str(_REPO))
+  from training import loop, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  config = workdir_lib.load_config(workdir)
+  model = nnx.eval_shape(lambda: loop.build_model(config))
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def _merge_rows(path: Path, row: dict) -> list[dict]:
+  """Adds (or replaces) one kind's row in the comparison file; other kinds' rows are kept."""
+  rows = json.loads(path.read_text()) if path.exists() else []
+  rows = [r for r in rows if r['kind'] != row['kind']] + [row]
+  order = {k: i for i, k in enumerate(_KINDS.default)}
+  rows.sort(key=lambda r: order.get(r['kind'], len(order)))
+  path.write_text(json.dumps(rows, indent=2) + '\n')
+  return rows
 
 
 def main(argv):
@@ -84,43 +132,52 @@ def main(argv):
                            f'or train {Path(_ROOT.value) / "softmax"} beforehand')
   root = Path(_ROOT.value)
   root.mkdir(parents=True, exist_ok=True)
-  rows = []
+  rows = []  # every kind in the comparison file, including earlier invocations'
   for kind in _KINDS.value:
     workdir = root / kind
     log = root / f'{kind}.log'
     train = _train_command(kind, workdir)
-    done = workdir / 'final.json'
-    if done.exists() and json.loads(done.read_text())['step'] >= _STEPS.value:
-      print(f'{workdir} is trained ({_STEPS.value} steps); evaluating it', flush=True)
+    if (workdir / 'checkpoints' / str(_STEPS.value)).exists():
+      print(f'{workdir} has its step-{_STEPS.value} checkpoint; evaluating it', flush=True)
     else:
       _run(train, log)
-    final = json.loads((workdir / 'final.json').read_text())
+    final = _validation_at(workdir, _STEPS.value)
     evals = {}
     for split in ('valid', 'test'):
-      cmd = [sys.executable, 'eval.py', f'--workdir={workdir}', f'--split={split}',
-             f'--batch_size={_EVAL_BATCH.value}']
-      _run(cmd, log)
-      out = sorted((workdir / 'eval').glob(f'{split}-*.json'), key=lambda p: p.stat().st_mtime)
-      evals[split] = json.loads(out[-1].read_text())
+      if split in _SPLITS.value:
+        done = _finished_eval(workdir, split)
+      elif split == 'test':
+        raise app.UsageError('--splits must include test')
+      else:  # the same partial protocol for every row, even where a full evaluation exists
+        done = {'value': final['perplexity'], 'tokens': int(final['tokens']), 'step': final['step'],
+                'protocol': {'context_window': 0, 'partial': True}}
+      if done is None:
+        _run([sys.executable, 'eval.py', f'--workdir={workdir}', f'--split={split}',
+              f'--checkpoint={_STEPS.value}', f'--batch_size={_EVAL_BATCH.value}'], log)
+        done = _finished_eval(workdir, split)
+      evals[split] = done
     row = {
-        'kind': kind, 'parameters': final['parameters'], 'steps': final['step'],
+        'kind': kind, 'parameters': final['parameters'], 'steps': _STEPS.value,
         'tokens_per_s': _tokens_per_s(workdir),
         'valid_perplexity': evals['valid']['value'], 'test_perplexity': evals['test']['value'],
+        'valid_tokens': evals['valid']['tokens'], 'test_tokens': evals['test']['tokens'],
+        'valid_context_window': evals['valid']['protocol']['context_window'],
         'context_window': evals['test']['protocol']['context_window'],
         'checkpoint_step': evals['test']['step'],
         'commands': [' '.join(shlex.quote(c) for c in ['python'] + train[1:]),
-                     f'python eval.py --workdir={workdir} --split=valid|test '
-                     f'--batch_size={_EVAL_BATCH.value}'],
+                     f'python eval.py --workdir={workdir} --split={"|".join(_SPLITS.value)} '
+                     f'--checkpoint={_STEPS.value} --batch_size={_EVAL_BATCH.value}'],
     }
-    rows.append(row)
     print(json.dumps(row), flush=True)
-    (root / 'comparison.json').write_text(json.dumps(rows, indent=2) + '\n')
+    rows = _merge_rows(root / 'comparison.json', row)
 
-  lines = ['| attention | valid ppl | test ppl | parameters | tokens/s (train) |',
-           '|---|---:|---:|---:|---:|']
+  lines = ['| attention | valid ppl (tokens, context) | test ppl (tokens, context) | parameters '
+           '| tokens/s (train) |', '|---|---:|---:|---:|---:|']
   for r in rows:
-    lines.append(f'| {r["kind"]} | {r["valid_perplexity"]:.1f} | {r["test_perplexity"]:.1f} | '
-                 f'{r["parameters"]:,} | {r["tokens_per_s"]:,.0f} |')
+    lines.append(
+        f'| {r["kind"]} | {r["valid_perplexity"]:.1f} ({r["valid_tokens"]:,}, '
+        f'{r["valid_context_window"]}) | {r["test_perplexity"]:.1f} ({r["test_tokens"]:,}, '
+        f'{r["context_window"]}) | {r["parameters"]:,} | {r["tokens_per_s"]:,.0f} |')
   (root / 'comparison.md').write_text('\n'.join(lines) + '\n')
   print('\n'.join(lines))
 

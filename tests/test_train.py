@@ -145,6 +145,19 @@ def test_unknown_attention_kind_lists_known(tmp_path):
   assert "unknown attention.kind 'dagpm'" in proc.stderr and 'softmax' in proc.stderr
 
 
+@pytest.mark.parametrize('overrides, option', [
+    (['--config.attention.kind=topk', '--config.attention.topk.k=0'], 'attention.topk.k'),
+    (['--config.attention.kind=diff', '--config.model.num_heads=1'], 'model.num_heads'),
+    (['--config.attention.kind=sea', '--config.attention.sea.predictor_length=8'],
+     'attention.sea.teacher'),
+])
+def test_contradictory_attention_options_name_the_option(tmp_path, overrides, option):
+  proc = run('train.py', *TINY, *overrides, f'--workdir={tmp_path}', check=False)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert option in proc.stderr
+  assert not (tmp_path / 'checkpoints').exists()
+
+
 def test_misspelled_config_key_is_an_error(tmp_path):
   proc = run('train.py', *TINY, '--config.modle.d_model=64', f'--workdir={tmp_path}', check=False)
   assert proc.returncode != 0
