@@ -28,6 +28,7 @@ import json
 import math
 import statistics
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -191,7 +192,7 @@ def _plot(results: dict, path: Path, title: str) -> None:
     ax.set_ylabel(label)
     ax.grid(True, which='both', alpha=0.3)
   ax_m.legend(fontsize=8)
-  fig.suptitle(title, fontsize=9)
+  fig.suptitle(textwrap.fill(title, 150), fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
 
