@@ -12,8 +12,10 @@ already holds that checkpoint (a longer run's prefix is the same run: the invers
 does not depend on the total) and resumes interrupted ones.
 
 Writes `<root>/comparison.json` and `<root>/comparison.md`: per kind, validation and test
-perplexity (with the context window), parameters, training tokens/s (median over the logging
-windows after the first, which holds compilation) and the exact commands of the row.
+perplexity (with the context window), parameters, training tokens/s (median over the run's
+logging windows after the first, which holds compilation; affected by whatever else ran on the
+machine), tokens/s of the bare train step measured side by side for all kinds in the file (in
+turns, so load changes hit all alike) and the exact commands of the row.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ _WARMUP = flags.DEFINE_integer('warmup', 100, 'Learning-rate warm-up updates.')
 _EVAL_EVERY = flags.DEFINE_integer('eval_every', 100, 'Validation (50 batches) interval.')
 _EXTRA = flags.DEFINE_multi_string('set', [], 'Extra --config.<key>=<value> for every run.')
 _EVAL_BATCH = flags.DEFINE_integer('eval_batch_size', 32, 'Windows per batch in eval.py.')
+_REPEATS = flags.DEFINE_integer(
+    'throughput_repeats', 5, 'Side-by-side throughput: timed train steps per kind, taken in '
+    'turns (kind 1, kind 2, …, kind 1, …) so a change of machine load hits every kind alike; '
+    '0 skips it.')
 _SPLITS = flags.DEFINE_list(
     'splits', ['valid', 'test'], 'Splits eval.py scores in full. A split left out is reported '
     'from the run\'s last validation instead (its first `eval_batches` batches, no context '
@@ -122,6 +128,44 @@ def _merge_rows(path: Path, row: dict) -> list[dict]:
   return rows
 
 
+def _side_by_side_throughput(root: Path, kinds: list[str]) -> dict[str, float]:
+  """Median tokens/s of each kind's jitted train step on one batch, measured in turns.
+
+  The step is the model's own (SEA without its teacher: distillation adds a teacher forward).
+  """
+  import time  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, str(_REPO))
+  from training import distributed, loop, optim, steps  # pylint: disable=g-import-not-at-top
+  from training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+
+  mesh = distributed.data_mesh()
+  batch, runs = None, {}
+  for kind in kinds:
+    config = workdir_lib.load_config(root / kind)
+    if kind == 'sea':
+      config.attention.sea.distill = False
+    if batch is None:
+      data = loop.build_data(config)
+      it = data.train_iterator(batch_size=config.batch_size, seq_len=config.seq_len, seed=0)
+      batch = distributed.global_batch({k: v[None] for k, v in next(it).items()}, mesh,
+                                       batch_axis=1)
+    graphdef, params, rest = steps.split_model(loop.build_model(config))
+    optimizer = optim.make_optimizer(config.optimizer, config.train_steps)
+    state = loop.initial_state(config, params, optimizer)
+    step = jax.jit(steps.make_train_step(graphdef, rest, optimizer, grad_accum_steps=1,
+                                         label_smoothing=0.0))
+    jax.block_until_ready(step(state, batch))  # compile and warm up
+    runs[kind] = (step, state, [])
+  tokens = batch['inputs'].size
+  for _ in range(_REPEATS.value):
+    for kind, (step, state, times) in runs.items():
+      start = time.perf_counter()
+      jax.block_until_ready(step(state, batch))
+      times.append(time.perf_counter() - start)
+  return {kind: tokens / statistics.median(times) for kind, (_, _, times) in runs.items()}
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -171,13 +215,21 @@ def main(argv):
     print(json.dumps(row), flush=True)
     rows = _merge_rows(root / 'comparison.json', row)
 
+  if _REPEATS.value:
+    speed = _side_by_side_throughput(root, [r['kind'] for r in rows])
+    for r in rows:
+      r['step_tokens_per_s'] = speed[r['kind']]
+    (root / 'comparison.json').write_text(json.dumps(rows, indent=2) + '\n')
   lines = ['| attention | valid ppl (tokens, context) | test ppl (tokens, context) | parameters '
-           '| tokens/s (train) |', '|---|---:|---:|---:|---:|']
+           '| tokens/s (training run) | tokens/s (side by side) |',
+           '|---|---:|---:|---:|---:|---:|']
   for r in rows:
+    side = r.get('step_tokens_per_s')
     lines.append(
         f'| {r["kind"]} | {r["valid_perplexity"]:.1f} ({r["valid_tokens"]:,}, '
         f'{r["valid_context_window"]}) | {r["test_perplexity"]:.1f} ({r["test_tokens"]:,}, '
-        f'{r["context_window"]}) | {r["parameters"]:,} | {r["tokens_per_s"]:,.0f} |')
+        f'{r["context_window"]}) | {r["parameters"]:,} | {r["tokens_per_s"]:,.0f} | '
+        f'{"" if side is None else f"{side:,.0f}"} |')
   (root / 'comparison.md').write_text('\n'.join(lines) + '\n')
   print('\n'.join(lines))
 
