@@ -25,11 +25,12 @@ BEST_METRIC = 'valid_loss'
 
 class _QuietUntrackedSaves(logging.Filter):
   """Orbax warns at every save without metrics (normal here: between validations) and whenever
-  eval.py opens checkpoints read-only (as it means to)."""
+  eval.py or a distillation teacher opens checkpoints read-only (as they mean to)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     message = record.getMessage()
-    return 'did not provide metrics' not in message and 'is read only' not in message
+    return not any(m in message for m in ('did not provide metrics', 'is read only',
+                                           'read_only=True'))
 
 
 logging.getLogger('absl').addFilter(_QuietUntrackedSaves())
