@@ -47,8 +47,8 @@ _REPEATS = flags.DEFINE_integer(
     '0 skips it.')
 _SPLITS = flags.DEFINE_list(
     'splits', ['valid', 'test'], 'Splits eval.py scores in full. A split left out is reported '
-    'from the run\'s last validation instead (its first `eval_batches` batches, no context '
-    'window), which the table marks.')
+    'from the run\'s own validation at update --steps instead (its first `eval_batches` '
+    'batches, no context window), which the table shows as context 0.')
 
 # Per-kind options for 256-token sequences: top-k and SEA keep 32 of up to 256 keys per query
 # (1/8, as SEA's k = 64 of 2048 × 4 in OPT); SEA compresses the keys into K = 64 columns.
