@@ -65,7 +65,7 @@ from flax import nnx
 
 from attention.biases import ScoreMod
 from attention.masks import Mask
-from attention.registry import register
+from attention.registry import check_choice, check_implementation, register
 from attention.softmax import attention_weights
 
 COMBINATIONS = ('affine', 'difference')
@@ -109,19 +109,12 @@ class DaGPAMAttention(nnx.Module):
   def __init__(self, *, num_heads: int, head_dim: int, config, rngs: nnx.Rngs,
                layer_index: int = 0, max_len: int = 0):
     del layer_index, max_len  # unused
-    if config.impl != 'xla':
-      raise ValueError(f'attention.impl={config.impl!r} is not available for '
-                       'attention.kind=dagpam; use attention.impl=xla')
+    check_implementation(config, 'dagpam')
     c = config.dagpam
-    if c.combination not in COMBINATIONS:
-      raise _option_error('combination', c.combination, ' | '.join(COMBINATIONS))
-    if c.wq_neg_init not in WQ_NEG_INITS:
-      raise _option_error('wq_neg_init', c.wq_neg_init, ' | '.join(WQ_NEG_INITS))
-    if c.lambda_granularity not in LAMBDA_GRANULARITIES:
-      raise _option_error('lambda_granularity', c.lambda_granularity,
-                          ' | '.join(LAMBDA_GRANULARITIES))
-    if c.lambda_param not in LAMBDA_PARAMS:
-      raise _option_error('lambda_param', c.lambda_param, ' | '.join(LAMBDA_PARAMS))
+    for option, choices in (('combination', COMBINATIONS), ('wq_neg_init', WQ_NEG_INITS),
+                            ('lambda_granularity', LAMBDA_GRANULARITIES),
+                            ('lambda_param', LAMBDA_PARAMS)):
+      check_choice('dagpam', option, c[option], choices)
     for option in ('share_wq_neg', 'wq_neg_bias', 'trainable_lambdas', 'sow_branches'):
       if not isinstance(c[option], bool):
         raise _option_error(option, c[option], 'True or False')

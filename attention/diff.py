@@ -41,7 +41,7 @@ from flax import nnx
 
 from attention.biases import ScoreMod
 from attention.masks import Mask
-from attention.registry import register
+from attention.registry import check_implementation, register
 from attention.softmax import attention_weights
 
 
@@ -84,9 +84,7 @@ class DiffAttention(nnx.Module):
                layer_index: int = 0, max_len: int = 0):
     del max_len  # unused
     _check_num_heads(num_heads)
-    if config.impl != 'xla':
-      raise ValueError(f'attention.impl={config.impl!r} is not available for '
-                       'attention.kind=diff; use attention.impl=xla')
+    check_implementation(config, 'diff')
     c = config.diff
     lam = c.lambda_init
     if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not (

@@ -71,7 +71,7 @@ from flax import nnx
 from attention import masks as masks_lib
 from attention.biases import ScoreMod
 from attention.masks import Mask
-from attention.registry import register
+from attention.registry import check_choice, check_implementation, register
 
 KERNELS = ('softmax', 'relu')
 SCALINGS = ('chi', 'sqrt_d')
@@ -351,9 +351,7 @@ class PerformerAttention(nnx.Module):
                layer_index: int = 0, max_len: int = 0):
     del max_len  # unused
     opts = config.performer
-    if config.impl not in IMPLEMENTATIONS:
-      raise ValueError(f'attention.impl={config.impl!r} is not available for '
-                       f'attention.kind=performer; choose one of: {", ".join(IMPLEMENTATIONS)}')
+    check_implementation(config, 'performer', IMPLEMENTATIONS)
     if config.dropout > 0:
       raise ValueError(f'attention.dropout={config.dropout} is not supported with '
                        'attention.kind=performer (it never forms attention weights to drop); '
@@ -365,9 +363,7 @@ class PerformerAttention(nnx.Module):
     for name, value, allowed in (('kernel', opts.kernel, KERNELS),
                                  ('scaling', opts.scaling, SCALINGS),
                                  ('redraw', opts.redraw, REDRAWS)):
-      if value not in allowed:
-        raise ValueError(f'attention.performer.{name}={value!r} is not valid; expected one of: '
-                         f'{", ".join(allowed)}')
+      check_choice('performer', name, value, allowed)
     if not isinstance(opts.orthogonal, bool):
       raise ValueError(f'attention.performer.orthogonal={opts.orthogonal!r} is not valid; '
                        'expected True or False')

@@ -86,6 +86,22 @@ def default_configs() -> ml_collections.ConfigDict:
   return out
 
 
+def check_implementation(config: ml_collections.ConfigDict, kind: str,
+                         implementations: tuple[str, ...] = ('xla',)) -> str:
+  """`config.impl` if `kind` has it; otherwise a ValueError listing the ones it has."""
+  if config.impl not in implementations:
+    raise ValueError(f'attention.impl={config.impl!r} is not available for attention.kind={kind}; '
+                     f'choose one of: {", ".join(implementations)}')
+  return config.impl
+
+
+def check_choice(kind: str, option: str, value, choices) -> None:
+  """A ValueError naming `attention.<kind>.<option>` when `value` is not one of `choices`."""
+  if value not in choices:
+    raise ValueError(f'attention.{kind}.{option}={value!r} is not supported; expected one of: '
+                     f'{", ".join(map(str, choices))}')
+
+
 def create_core(config: ml_collections.ConfigDict, *, num_heads: int, head_dim: int,
                 rngs: nnx.Rngs, layer_index: int = 0, max_len: int = 512) -> nnx.Module:
   """Builds the core named by `config.kind` (`config` is the `attention` ConfigDict)."""

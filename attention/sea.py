@@ -95,7 +95,7 @@ from attention import masks as masks_lib
 from attention import performer
 from attention.biases import ScoreMod
 from attention.masks import Mask
-from attention.registry import register
+from attention.registry import check_choice, check_implementation, register
 
 VARIANTS = ('causal', 'bidirectional')
 K_FLATTEN_DIMS = ('query', 'head', 'batch', 'causal_batch')
@@ -319,9 +319,7 @@ class Estimate(NamedTuple):
 
 
 def _check_choice(name, value, choices):
-  if value not in choices:
-    raise ValueError(f'attention.sea.{name}={value!r} is not supported; expected one of '
-                     f'{", ".join(choices)}')
+  check_choice('sea', name, value, choices)
 
 
 def _check_number(name, value, *, minimum=0.0, integer=False, strict=False, maximum=None):
@@ -374,9 +372,7 @@ class SeaAttention(nnx.Module):
   def __init__(self, *, num_heads: int, head_dim: int, config, rngs: nnx.Rngs,
                layer_index: int = 0, max_len: int = 512):
     del layer_index  # unused
-    if config.impl != 'xla':
-      raise ValueError(f'attention.impl={config.impl!r} is not available for attention.kind=sea; '
-                       'use attention.impl=xla')
+    check_implementation(config, 'sea')
     c = config.sea
     _check_choice('variant', c.variant, VARIANTS)
     causal = c.variant == 'causal'

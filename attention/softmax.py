@@ -22,7 +22,7 @@ from flax import nnx
 
 from attention.biases import ScoreMod
 from attention.masks import Mask
-from attention.registry import register
+from attention.registry import check_implementation, register
 
 IMPLEMENTATIONS = ('xla', 'cudnn')
 
@@ -60,10 +60,7 @@ class SoftmaxAttention(nnx.Module):
   def __init__(self, *, num_heads: int, head_dim: int, config, rngs: nnx.Rngs,
                layer_index: int = 0, max_len: int = 0):
     del layer_index, max_len  # unused
-    impl = config.impl
-    if impl not in IMPLEMENTATIONS:
-      raise ValueError(f'attention.impl={impl!r} is not available for attention.kind=softmax; '
-                       f'choose one of: {", ".join(IMPLEMENTATIONS)}')
+    impl = check_implementation(config, 'softmax', IMPLEMENTATIONS)
     if impl == 'cudnn':
       if config.dropout > 0:
         raise ValueError(f'attention.dropout={config.dropout} is not supported with '

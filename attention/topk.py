@@ -50,7 +50,7 @@ from flax import nnx
 from attention import masks as masks_lib
 from attention.biases import ScoreMod
 from attention.masks import Mask
-from attention.registry import register
+from attention.registry import check_implementation, register
 
 IMPLEMENTATIONS = ('xla',)
 
@@ -293,9 +293,7 @@ class TopKAttention(nnx.Module):
   def __init__(self, *, num_heads: int, head_dim: int, config, rngs: nnx.Rngs,
                layer_index: int = 0, max_len: int = 0):
     del rngs, layer_index, max_len  # unused
-    if config.impl not in IMPLEMENTATIONS:
-      raise ValueError(f'attention.impl={config.impl!r} is not available for attention.kind=topk;'
-                       f' choose one of: {", ".join(IMPLEMENTATIONS)}')
+    check_implementation(config, 'topk', IMPLEMENTATIONS)
     if config.dropout > 0:
       raise ValueError(f'attention.dropout={config.dropout} is not supported with '
                        'attention.kind=topk (the reference advises against dropout on the kept '

@@ -30,6 +30,7 @@ from pathlib import Path
 from absl import app, flags
 
 _REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_REPO))  # the repository's packages, imported lazily (keeps --help fast)
 
 _DATA = flags.DEFINE_string('data_dir', '../shared/data/wikitext-2',
                             'WikiText folder (wiki.*.tokens or train/valid/test.txt).')
@@ -79,10 +80,10 @@ def _train_command(kind: str, workdir: Path) -> list[str]:
   return cmd + [f'--config.{s}' for s in _EXTRA.value]
 
 
-def _tokens_per_s(workdir: Path) -> float | None:
-  rows = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
-  rates = [r['tokens_per_s'] for r in rows
-           if r.get('split') == 'train' and r['step'] <= _STEPS.value]
+def _tokens_per_s(metrics: list[dict]) -> float | None:
+  """Median training tokens/s over the logging windows of the budget after the first."""
+  rates = [r['tokens_per_s'] for r in metrics
+           if r['split'] == 'train' and r['step'] <= _STEPS.value]
   return statistics.median(rates[1:]) if len(rates) > 1 else None
 
 
@@ -97,12 +98,11 @@ def _finished_eval(workdir: Path, split: str) -> dict | None:
   return None
 
 
-def _validation_at(workdir: Path, step: int) -> dict:
+def _validation_at(metrics: list[dict], step: int, workdir: Path) -> dict:
   """The run's periodic validation logged at `step` (first `eval_batches` batches)."""
-  for line in (workdir / 'metrics.jsonl').read_text().splitlines():
-    r = json.loads(line)
+  for r in metrics:
     if r['step'] == step and r['split'] == 'valid':
-      return dict(r, parameters=_parameters(workdir))
+      return r
   raise RuntimeError(f'{workdir}/metrics.jsonl has no validation at step {step}; make '
                      '--steps a multiple of --eval_every')
 
@@ -111,7 +111,6 @@ def _parameters(workdir: Path) -> int:
   """Parameter count of the workdir's model, from its recorded config (shapes only)."""
   import jax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, str(_REPO))
   from training import loop, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   config = workdir_lib.load_config(workdir)
   model = nnx.eval_shape(lambda: loop.build_model(config))
@@ -135,7 +134,6 @@ def _side_by_side_throughput(root: Path, kinds: list[str]) -> dict[str, float]:
   """
   import time  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, str(_REPO))
   from training import distributed, loop, optim, steps  # pylint: disable=g-import-not-at-top
   from training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
@@ -185,7 +183,8 @@ def main(argv):
       print(f'{workdir} has its step-{_STEPS.value} checkpoint; evaluating it', flush=True)
     else:
       _run(train, log)
-    final = _validation_at(workdir, _STEPS.value)
+    metrics = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+    final = _validation_at(metrics, _STEPS.value, workdir)
     evals = {}
     for split in ('valid', 'test'):
       if split in _SPLITS.value:
@@ -201,8 +200,8 @@ def main(argv):
         done = _finished_eval(workdir, split)
       evals[split] = done
     row = {
-        'kind': kind, 'parameters': final['parameters'], 'steps': _STEPS.value,
-        'tokens_per_s': _tokens_per_s(workdir),
+        'kind': kind, 'parameters': _parameters(workdir), 'steps': _STEPS.value,
+        'tokens_per_s': _tokens_per_s(metrics),
         'valid_perplexity': evals['valid']['value'], 'test_perplexity': evals['test']['value'],
         'valid_tokens': evals['valid']['tokens'], 'test_tokens': evals['test']['tokens'],
         'valid_context_window': evals['valid']['protocol']['context_window'],

@@ -15,6 +15,8 @@ from attention import biases, masks
 from attention.dagpam import DaGPAMAttention
 from configs import common
 from models import lm as lm_lib
+from tests import attention_doubles
+from tests.attention_doubles import DenseBias, DenseMask
 
 NUM_HEADS = 2
 HEAD_DIM = 4
@@ -103,30 +105,7 @@ def reference_dagpam(q, k, v, w, b, lam_pos, lam_neg, combination='affine', mask
   return p, p_pos, p_neg, np.einsum('bnts,bsnh->btnh', p, v)
 
 
-def random_qkv(seed, batch, q_len, kv_len, dtype=jnp.float32):
-  rng = np.random.default_rng(seed)
-  return tuple(jnp.asarray(rng.normal(size=(batch, length, NUM_HEADS, HEAD_DIM)), dtype)
-               for length in (q_len, kv_len, kv_len))
-
-
-class DenseMask(masks.Mask):
-  """An arbitrary per-example, per-head mask `[B, N, T, S]`, as a test double."""
-
-  def __init__(self, array):
-    self.array = array
-
-  def mask_fn(self, q_idx, kv_idx):
-    return jnp.asarray(self.array)[:, :, q_idx, kv_idx]
-
-
-class DenseBias(biases.ScoreMod):
-  """An arbitrary additive bias `[N, T, S]` held as a traceable array, as a test double."""
-
-  def __init__(self, array):
-    self.array = array
-
-  def bias(self, q_len, kv_len, q_offset=0, kv_offset=0):
-    return self.array[None]
+random_qkv = functools.partial(attention_doubles.random_qkv, heads=NUM_HEADS, head_dim=HEAD_DIM)
 
 
 def sown(core):

@@ -16,6 +16,8 @@ from attention import biases, masks
 from attention.diff import DiffAttention, lambda_init_for_depth
 from configs import common
 from models import lm as lm_lib
+from tests import attention_doubles
+from tests.attention_doubles import DenseBias, DenseMask
 
 NUM_HEADS = 4           # the model's heads N: the core runs N/2 = 2 differential heads
 HEAD_DIM = 3            # d = d_model / N; each differential head is 2d = 6 wide
@@ -86,30 +88,7 @@ def lambda_vectors(core):
                                                 'lambda_k2')]
 
 
-def random_qkv(seed, batch, q_len, kv_len, dtype=jnp.float32):
-  rng = np.random.default_rng(seed)
-  return tuple(jnp.asarray(rng.normal(size=(batch, length, PAIRS, WIDTH)), dtype)
-               for length in (q_len, kv_len, kv_len))
-
-
-class DenseMask(masks.Mask):
-  """An arbitrary per-example, per-head mask `[B, N, T, S]`, as a test double."""
-
-  def __init__(self, array):
-    self.array = array
-
-  def mask_fn(self, q_idx, kv_idx):
-    return jnp.asarray(self.array)[:, :, q_idx, kv_idx]
-
-
-class DenseBias(biases.ScoreMod):
-  """An arbitrary additive bias `[N, T, S]` held as a traceable array, as a test double."""
-
-  def __init__(self, array):
-    self.array = array
-
-  def bias(self, q_len, kv_len, q_offset=0, kv_offset=0):
-    return self.array[None]
+random_qkv = functools.partial(attention_doubles.random_qkv, heads=PAIRS, head_dim=WIDTH)
 
 
 def sown_weights(core):

@@ -62,11 +62,10 @@ def enabled(config: ml_collections.ConfigDict) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Teacher:
-  """A frozen teacher: its NNX graph, parameters and the config it was trained with."""
+  """A frozen teacher: its NNX graph, parameters, and the checkpoint they came from."""
   graphdef: Any
   params: Any
   rest: Any
-  config: ml_collections.ConfigDict
   step: int
   workdir: Path
 
@@ -78,7 +77,8 @@ def load_teacher(config: ml_collections.ConfigDict, data_description: dict, mesh
   not softmax attention, a teacher trained on different data (tokens would mean different words)
   or with a different model shape.
   """
-  from training import loop  # pylint: disable=g-import-not-at-top (loop imports this module)
+  # pylint: disable-next=g-import-not-at-top (loop and steps import this module)
+  from training import loop, steps
 
   name = config.attention.sea.teacher
   if not name:
@@ -93,9 +93,10 @@ def load_teacher(config: ml_collections.ConfigDict, data_description: dict, mesh
   if teacher_config.attention.kind != 'softmax':
     raise ValueError(f'attention.sea.teacher={name!r} was trained with attention.kind='
                      f'{teacher_config.attention.kind!r}; the teacher must be a softmax run')
-  diff = [f'model.{k}: teacher {teacher_config.model[k]!r}, student {config.model[k]!r}'
-          for k in _SHARED_MODEL_KEYS
-          if _plain(teacher_config.model.get(k)) != _plain(config.model.get(k))]
+  theirs = workdir_lib.config_to_dict(teacher_config.model)
+  ours = workdir_lib.config_to_dict(config.model)
+  diff = [f'model.{k}: teacher {theirs.get(k)!r}, student {ours.get(k)!r}'
+          for k in _SHARED_MODEL_KEYS if theirs.get(k) != ours.get(k)]
   if diff:
     raise ValueError(f'attention.sea.teacher={name!r} has a different model shape:\n  '
                      + '\n  '.join(diff))
@@ -108,22 +109,15 @@ def load_teacher(config: ml_collections.ConfigDict, data_description: dict, mesh
                        + '\n  '.join(data_diff))
   checkpoints = ckpt_lib.Checkpoints(path / 'checkpoints', keep=1, read_only=True)
   try:
-    steps = checkpoints.all_steps()
-    if not steps:
+    if not checkpoints.all_steps():
       raise ValueError(f'attention.sea.teacher={name!r} has no checkpoints; finish training it')
     step = checkpoints.best_step() or checkpoints.latest_step()
-    model = loop.build_model(teacher_config)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    params = nnx.to_pure_dict(params)
+    graphdef, params, rest = steps.split_model(loop.build_model(teacher_config))
     state, _ = checkpoints.restore(step, loop.abstract_state(teacher_config, params, mesh),
                                    with_data=False)
   finally:
     checkpoints.close()
-  return Teacher(graphdef, state['params'], rest, teacher_config, int(step), path)
-
-
-def _plain(value):
-  return list(value) if isinstance(value, tuple) else value
+  return Teacher(graphdef, state['params'], rest, int(step), path)
 
 
 def init_from_teacher(student_params: dict, teacher_params: dict) -> tuple[dict, int, int]:
@@ -161,7 +155,7 @@ def _layer_values(intermediates, name: str, where: str) -> list[jax.Array]:
 
 def token_objective(student, teacher_model, batch: dict, sea_config, *,
                     deterministic: bool) -> tuple[jax.Array, jax.Array, dict]:
-  """Per-token distillation objective `[B, T]`, the task NLL `[B, T]` and per-term means.
+  """Per-token distillation objective `[B, T]`, task NLL `[B, T]` and terms `{name: [B, T]}`.
 
   `student` and `teacher_model` are live NNX models (inside the jitted step).
   """

@@ -16,7 +16,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 from flax import nnx
 from tqdm import tqdm
@@ -104,6 +103,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   if distill.enabled(config):
     teacher = distill.load_teacher(config, data.describe(), mesh)
     teacher_params = jax.device_put(teacher.params, distributed.replicated(mesh))
+    # The student starts from the teacher; a resumed run restores its own state over this.
+    params, copied, kept = distill.init_from_teacher(params, teacher.params)
   state = jax.device_put(initial_state(config, params, optimizer), distributed.replicated(mesh))
   schedule = optim.learning_rate_schedule(config.optimizer, config.train_steps)
 
@@ -118,8 +119,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     logging.info('resumed from step %d', start)
     print(f'Resuming {workdir} from step {start}.', flush=True)
   elif teacher is not None:
-    params, copied, kept = distill.init_from_teacher(state['params'], teacher_params)
-    state = dict(state, params=params, opt_state=optimizer.init(params))
     print(f'Distilling from {teacher.workdir} (step {teacher.step}): {copied} parameter arrays '
           f'copied from the teacher, {kept} new.', flush=True)
   metric_log = MetricLog(workdir, resume_step=start)
