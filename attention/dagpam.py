@@ -106,6 +106,10 @@ class DaGPAMAttention(nnx.Module):
     c.sow_branches = False             # also sow P⁺/P⁻ as positive_/negative_weights
     return c
 
+  # Attention over a key-padding mask equals the causal attention at that position, so a
+  # decoder may cache keys/values and feed one query per step (models/seq2seq.py).
+  supports_decode_cache = True
+
   def __init__(self, *, num_heads: int, head_dim: int, config, rngs: nnx.Rngs,
                layer_index: int = 0, max_len: int = 0):
     del layer_index, max_len  # unused

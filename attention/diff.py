@@ -80,6 +80,10 @@ class DiffAttention(nnx.Module):
     _check_num_heads(num_heads)
     return num_heads // 2, num_heads // 2, 2 * head_dim, 2 * head_dim
 
+  # Attention over a key-padding mask equals the causal attention at that position, so a
+  # decoder may cache keys/values and feed one query per step (models/seq2seq.py).
+  supports_decode_cache = True
+
   def __init__(self, *, num_heads: int, head_dim: int, config, rngs: nnx.Rngs,
                layer_index: int = 0, max_len: int = 0):
     del max_len  # unused

@@ -57,6 +57,10 @@ class SoftmaxAttention(nnx.Module):
   def default_config(cls) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict()
 
+  # Attention over a key-padding mask equals the causal attention at that position, so a
+  # decoder may cache keys/values and feed one query per step (models/seq2seq.py).
+  supports_decode_cache = True
+
   def __init__(self, *, num_heads: int, head_dim: int, config, rngs: nnx.Rngs,
                layer_index: int = 0, max_len: int = 0):
     del layer_index, max_len  # unused

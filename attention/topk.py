@@ -290,6 +290,10 @@ class TopKAttention(nnx.Module):
     c.query_chunk_size = 1024  # queries per step; memory O(chunk·S), any T works
     return c
 
+  # Attention over a key-padding mask equals the causal attention at that position, so a
+  # decoder may cache keys/values and feed one query per step (models/seq2seq.py).
+  supports_decode_cache = True
+
   def __init__(self, *, num_heads: int, head_dim: int, config, rngs: nnx.Rngs,
                layer_index: int = 0, max_len: int = 0):
     del rngs, layer_index, max_len  # unused

@@ -87,6 +87,54 @@ def model_config() -> ml_collections.ConfigDict:
   return c
 
 
+def seq2seq_model_config() -> ml_collections.ConfigDict:
+  """`config.model` of the encoder–decoder transformer (models/seq2seq.py)."""
+  c = ml_collections.ConfigDict()
+  c.encoder_layers = 2
+  c.decoder_layers = 2
+  c.d_model = 128
+  c.num_heads = 4
+  c.d_ff = 512
+  c.activation = 'relu'       # relu | gelu
+  c.dropout = 0.0             # residual/embedding dropout
+  c.activation_dropout = 0.0  # dropout after the FFN activation
+  c.pre_norm = False          # post-LN (fairseq's default, normalize_before=False) or pre-LN
+  c.final_norm = True         # LayerNorm after the last encoder/decoder block (pre-LN only)
+  c.positions = 'sinusoidal'  # sinusoidal | learned | none
+  c.max_len = 1024            # longest source/target (fairseq --max-source/target-positions)
+  c.scale_embeddings = True   # multiply token embeddings by √d_model (fairseq)
+  c.share_decoder_input_output_embed = True   # output layer = target embedding (fairseq flag)
+  c.share_all_embeddings = False  # source embedding = target embedding too (joint vocabulary)
+  # Attention kind per role; '' = attention.kind. Options come from attention.<kind>.
+  c.encoder_attention = ''    # encoder self-attention
+  c.decoder_attention = ''    # decoder (causal) self-attention
+  c.cross_attention = ''      # encoder–decoder attention
+  c.dtype = 'float32'         # compute dtype: float32 | bfloat16 (parameters stay float32)
+  c.pad_id = 1                # fairseq's <pad>; source padding is found by this id
+  c.src_vocab_size = -1       # set from the data
+  c.tgt_vocab_size = -1       # set from the data
+  return c
+
+
+def decode_config() -> ml_collections.ConfigDict:
+  """`config.decode`: beam search for eval.py and BLEU during training (models/decoding.py)."""
+  c = ml_collections.ConfigDict()
+  c.beam_size = 5             # 1 = greedy
+  # Length penalty: fairseq divides a hypothesis' log-probability by len**lenpen; GNMT (Wu et
+  # al. 2016, Vaswani et al. 2017) by ((5 + len) / 6)**alpha.
+  c.length_penalty = 'fairseq'  # fairseq | gnmt | none
+  c.lenpen = 1.0              # fairseq --lenpen
+  c.alpha = 0.6               # GNMT α
+  c.max_len_a = 1.2           # output ≤ max_len_a · source length + max_len_b (fairseq)
+  c.max_len_b = 10
+  c.min_len = 1
+  c.mode = 'auto'             # auto | incremental (key/value cache) | recompute (whole prefix)
+  c.max_tokens = 8192         # source tokens per decoding batch (per device)
+  c.valid_beam_size = 1       # beam of the BLEU on a validation subset during training
+  c.valid_sentences = 200     # validation sentences decoded for that BLEU (0 = off)
+  return c
+
+
 def optimizer_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = 'adamw'            # adam | adamw | nag

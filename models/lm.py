@@ -198,9 +198,8 @@ class TransformerLM(nnx.Module):
                 deterministic: bool = True) -> jax.Array:
     """Per-token loss `[B, T]` float32 (padding is not masked here: the caller weights it).
 
-    With `label_smoothing = ε > 0` this is fairseq's `label_smoothed_nll_loss` (Szegedy et al.
-    2016): `(1 − ε − ε/(V−1))·nll + ε/(V−1)·Σ_v −log p(v)`, i.e. the target gets 1 − ε and every
-    other word ε/(V−1). With ε = 0 it is the plain NLL.
+    With `label_smoothing = ε > 0` this is fairseq's `label_smoothed_nll_loss`
+    (`transformer.label_smoothed_nll`); with ε = 0 the plain NLL.
 
     Args:
       hidden: `[B, T, D]` from `__call__`.
@@ -217,11 +216,4 @@ class TransformerLM(nnx.Module):
                          'label_smoothing=0')
       return self.adaptive_softmax.token_nll(hidden, targets, tied=self._tied_input(),
                                              deterministic=deterministic)
-    logits = self.logits(hidden)                                            # [B, T, V]
-    lse = jax.nn.logsumexp(logits, axis=-1)                                 # [B, T]
-    nll = lse - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    if not label_smoothing:
-      return nll
-    smooth = self.vocab_size * lse - jnp.sum(logits, axis=-1)               # Σ_v −log p(v)
-    eps_i = label_smoothing / max(self.vocab_size - 1, 1)
-    return (1.0 - label_smoothing - eps_i) * nll + eps_i * smooth
+    return transformer.label_smoothed_nll(self.logits(hidden), targets, label_smoothing)

@@ -1,4 +1,4 @@
-"""Transformer building blocks shared by the LM and (later) the encoder–decoder model.
+"""Transformer building blocks shared by the LM and the encoder–decoder model.
 
 * `MultiHeadAttention`: the projections around an attention *core* from the `attention/`
   registry (Vaswani et al. 2017, "Attention Is All You Need", §3.2.2). The layer owns the
@@ -126,17 +126,61 @@ class MultiHeadAttention(nnx.Module):
     Returns:
       `[B, T, D]` in the compute dtype.
     """
-    x_kv = x_q if x_kv is None else x_kv
+    k, v = self.project_kv(x_q if x_kv is None else x_kv)
+    return self.attend(x_q, k, v, mask, deterministic=deterministic, sow_weights=sow_weights)
+
+  def project_kv(self, x_kv: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`x_kv: [B, S, D]` → keys `[B, S, Nkv, Hqk]` and values `[B, S, Nkv, Hv]`.
+
+    Split from `attend` so that a decoder can project the encoder output once per sentence
+    (cross-attention) or one new token per step (the key/value cache of `decode_step`)."""
+    b, s, _ = x_kv.shape
+    k = self.k_proj(x_kv).reshape(b, s, self.kv_heads, self.head_dim_qk)
+    v = self.v_proj(x_kv).reshape(b, s, self.kv_heads, self.head_dim_v)
+    return k, v
+
+  def attend(self, x_q: jax.Array, k: jax.Array, v: jax.Array,
+             mask: masks_lib.Mask | None = None, *, deterministic: bool,
+             sow_weights: bool = False) -> jax.Array:
+    """Queries from `x_q: [B, T, D]` attend to projected keys/values (`project_kv`)."""
     b, t, _ = x_q.shape
-    s = x_kv.shape[1]
     q = self.q_proj(x_q).reshape(b, t, self.q_heads, self.head_dim_qk)      # [B, T, Nq, Hqk]
-    k = self.k_proj(x_kv).reshape(b, s, self.kv_heads, self.head_dim_qk)    # [B, S, Nkv, Hqk]
-    v = self.v_proj(x_kv).reshape(b, s, self.kv_heads, self.head_dim_v)     # [B, S, Nkv, Hv]
     out = self.core(q, k, v, _and_masks(mask, self.prior_mask), score_mod=self.score_mod,
                     deterministic=deterministic, sow_weights=sow_weights)   # [B, T, Nq, Hv]
     if sow_weights:
       self.sow(nnx.Intermediate, 'context', out)
     return self.out_proj(out.astype(self.dtype).reshape(b, t, self.q_heads * self.head_dim_v))
+
+  @property
+  def supports_decode_cache(self) -> bool:
+    """Whether `decode_step` gives what the full causal call gives at that position.
+
+    It needs a core that attends over an arbitrary key-padding mask exactly as over the causal
+    mask (the cores that declare `supports_decode_cache = True`) and no prior mask or bias,
+    whose query positions would be shifted in a one-query call."""
+    return (getattr(type(self.core), 'supports_decode_cache', False)
+            and self.prior_mask is None and self.score_mod is None)
+
+  def init_cache(self, batch: int, max_len: int) -> dict[str, jax.Array]:
+    """An empty key/value cache `{'k': [B, L, Nkv, Hqk], 'v': [B, L, Nkv, Hv]}`."""
+    return {'k': jnp.zeros((batch, max_len, self.kv_heads, self.head_dim_qk), self.dtype),
+            'v': jnp.zeros((batch, max_len, self.kv_heads, self.head_dim_v), self.dtype)}
+
+  def decode_step(self, x_t: jax.Array, cache: dict[str, jax.Array], t: jax.Array
+                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Causal self-attention of the token at position `t` (`x_t: [B, 1, D]`) over the cache.
+
+    Writes the token's key and value at index `t` of the cache and attends to indices ≤ t
+    (a key-padding mask), so L steps reproduce the causal call over L tokens. Only valid when
+    `supports_decode_cache`; the caller falls back to recomputing the prefix otherwise.
+    """
+    k_t, v_t = self.project_kv(x_t)
+    k = jax.lax.dynamic_update_slice_in_dim(cache['k'], k_t.astype(cache['k'].dtype), t, axis=1)
+    v = jax.lax.dynamic_update_slice_in_dim(cache['v'], v_t.astype(cache['v'].dtype), t, axis=1)
+    b, max_len = k.shape[:2]
+    seen = jnp.broadcast_to(jnp.arange(max_len) <= t, (b, max_len))          # [B, L]
+    out = self.attend(x_t, k, v, masks_lib.padding(None, seen), deterministic=True)
+    return out, {'k': k, 'v': v}
 
 
 class FeedForward(nnx.Module):
@@ -176,8 +220,11 @@ class DecoderBlock(nnx.Module):
   def __init__(self, d_model: int, num_heads: int, d_ff: int,
                attention_config: ml_collections.ConfigDict, *, max_len: int,
                activation: str = 'relu', dropout: float = 0.0, activation_dropout: float = 0.0,
-               pre_norm: bool = True, cross_attention: bool = False, dtype: Any = jnp.float32,
-               layer_index: int = 0, rngs: nnx.Rngs):
+               pre_norm: bool = True, cross_attention: bool = False,
+               cross_attention_config: ml_collections.ConfigDict | None = None,
+               dtype: Any = jnp.float32, layer_index: int = 0, rngs: nnx.Rngs):
+    """Builds the sublayers; `cross_attention_config` (default `attention_config`) lets the
+    encoder–decoder attention use another kind than the self-attention."""
     self.pre_norm = pre_norm
 
     def layer_norm():
@@ -189,7 +236,8 @@ class DecoderBlock(nnx.Module):
                                              layer_index=layer_index, rngs=rngs)
     self.self_attention_norm = layer_norm()
     if cross_attention:
-      self.cross_attention = MultiHeadAttention(d_model, num_heads, attention_config,
+      self.cross_attention = MultiHeadAttention(d_model, num_heads,
+                                                cross_attention_config or attention_config,
                                                 max_len=max_len, dtype=dtype, use_priors=False,
                                                 layer_index=layer_index, rngs=rngs)
       self.cross_attention_norm = layer_norm()
@@ -236,3 +284,47 @@ class DecoderBlock(nnx.Module):
       raise ValueError('`memory` given to a DecoderBlock built without cross_attention')
     return self._residual(x, self.ffn_norm,
                           lambda h: self.ffn(h, deterministic=deterministic), deterministic)
+
+  def decode_step(self, x_t: jax.Array, cache: dict[str, jax.Array], t: jax.Array, *,
+                  memory_kv: tuple[jax.Array, jax.Array] | None = None,
+                  memory_mask: masks_lib.Mask | None = None
+                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """One decoding position `x_t: [B, 1, D]` with a self-attention key/value cache.
+
+    `memory_kv` are the cross-attention keys and values of the encoder output, projected once
+    per sentence with `self.cross_attention.project_kv(memory)`. Equals position `t` of the
+    full causal call (`__call__` with `mask=causal()`), dropout off.
+    """
+    h = self.self_attention_norm(x_t) if self.pre_norm else x_t
+    out, new_cache = self.self_attention.decode_step(h, cache, t)
+    x = x_t + out  # the residual of `_residual`, dropout off
+    x = x if self.pre_norm else self.self_attention_norm(x)
+    if self.cross_attention is not None:
+      k, v = memory_kv
+      x = self._residual(
+          x, self.cross_attention_norm,
+          lambda h: self.cross_attention.attend(h, k, v, memory_mask, deterministic=True), True)
+    x = self._residual(x, self.ffn_norm, lambda h: self.ffn(h, deterministic=True), True)
+    return x, new_cache
+
+
+def label_smoothed_nll(logits: jax.Array, targets: jax.Array,
+                       label_smoothing: float = 0.0) -> jax.Array:
+  """Per-token loss `[...]` float32 from `logits: [..., V]` and `targets: [...]` int ids.
+
+  With `label_smoothing = ε > 0` this is fairseq's `label_smoothed_nll_loss` (Szegedy et al.
+  2016): `(1 − ε − ε/(V−1))·nll + ε/(V−1)·Σ_v −log p(v)`, i.e. the target gets 1 − ε and every
+  other word ε/(V−1). With ε = 0 it is the plain NLL. Padding is not masked here: the caller
+  weights the tokens.
+  """
+  if not 0.0 <= label_smoothing < 1.0:
+    raise ValueError(f'label_smoothing={label_smoothing} must lie in [0, 1)')
+  logits = logits.astype(jnp.float32)
+  vocab_size = logits.shape[-1]
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  nll = lse - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  if not label_smoothing:
+    return nll
+  smooth = vocab_size * lse - jnp.sum(logits, axis=-1)                     # Σ_v −log p(v)
+  eps_i = label_smoothing / max(vocab_size - 1, 1)
+  return (1.0 - label_smoothing - eps_i) * nll + eps_i * smooth
