@@ -1,15 +1,26 @@
 """Evaluates a checkpoint of a training workdir and prints one JSON line.
 
-Usage:
+Usage (language models):
   python eval.py --workdir=W [--checkpoint=best|last|STEP] [--split=valid|test]
                  [--context_window=N] [--batch_size=B]
+Usage (translation):
+  python eval.py --workdir=W --split=test [--beam=5] [--lenpen=1.0 | --alpha=0.6]
+                 [--max_len_a=A --max_len_b=B] [--average_last=N | --checkpoint=...]
 
-Perplexity for word-level data, bits per character for byte-level data, accuracy for the
-synthetic task. Windows of the training sequence length are scored with fairseq's
-`--context-window` semantics: each window starts with up to N tokens of context that are not
-scored, and every token of the split is scored exactly once. The default N is the config's
-`eval_context_window`. The line names the split, the metric, the token count, the protocol and
-the checkpoint step; it is also written to W/eval/<split>-<step>-cw<N>.json.
+Language models: perplexity for word-level data, bits per character for byte-level data,
+accuracy for the synthetic task. Windows of the training sequence length are scored with
+fairseq's `--context-window` semantics: each window starts with up to N tokens of context that
+are not scored, and every token of the split is scored exactly once. The default N is the
+config's `eval_context_window`. The line names the split, the metric, the token count, the
+protocol and the checkpoint step; it is also written to W/eval/<split>-<step>-cw<N>.json.
+
+Translation: every sentence of the split is decoded (beam search, or greedy with --beam=1) with
+the config's `decode` settings unless overridden; --lenpen selects fairseq's length penalty
+(score / len**lenpen), --alpha the GNMT one (score / ((5 + len) / 6)**alpha). --average_last=N
+averages the parameters of the N most recent checkpoints (fairseq's average_checkpoints.py).
+The hypotheses are written one per line to W/eval/<split>-<checkpoint>-<protocol>.hyp, and the
+line holds the three BLEUs (tokenized as multi-bleu.perl, tokenized with compound splitting,
+sacreBLEU with its signature; training/bleu.py), the split's loss, and the protocol.
 """
 
 from __future__ import annotations
@@ -29,12 +40,23 @@ _CONTEXT = flags.DEFINE_integer('context_window', None,
                                 'Tokens of context before each scored window (fairseq '
                                 '--context-window); default: the config\'s eval_context_window.')
 _BATCH = flags.DEFINE_integer('batch_size', None, 'Windows per batch; default: the config\'s batch_size.')
+_BEAM = flags.DEFINE_integer('beam', None, 'Translation: beam size (1 = greedy); default: '
+                             'the config\'s decode.beam_size.')
+_LENPEN = flags.DEFINE_float('lenpen', None, 'Translation: fairseq length penalty, '
+                             'score / len**lenpen (fairseq --lenpen).')
+_ALPHA = flags.DEFINE_float('alpha', None, 'Translation: GNMT length penalty, '
+                            'score / ((5 + len) / 6)**alpha (Vaswani et al.: 0.6).')
+_MAX_LEN_A = flags.DEFINE_float('max_len_a', None, 'Translation: output length ≤ max_len_a · '
+                                'source length + max_len_b; default: the config\'s decode.')
+_MAX_LEN_B = flags.DEFINE_integer('max_len_b', None, 'Translation: see --max_len_a.')
+_AVERAGE = flags.DEFINE_integer('average_last', None, 'Translation and LM: average the '
+                                'parameters of the N most recent checkpoints instead of '
+                                'loading --checkpoint.')
 
 
-def run(workdir: Path, checkpoint: str, split: str, context_window: int | None,
-        batch_size: int | None) -> dict:
-  import jax  # pylint: disable=g-import-not-at-top (keeps --help fast)
-  from training import checkpoints as ckpt_lib, distributed, evaluate, steps, workdir as wd
+def _load(workdir: Path, checkpoint: str, average_last: int | None):
+  """(config, data, graphdef, rest, params, mesh, label, steps) of a workdir's checkpoint(s)."""
+  from training import checkpoints as ckpt_lib, distributed, steps, workdir as wd
   from training import loop
 
   config = wd.load_config(workdir)
@@ -45,8 +67,27 @@ def run(workdir: Path, checkpoint: str, split: str, context_window: int | None,
   mesh = distributed.data_mesh()
   ckpts = ckpt_lib.Checkpoints(workdir / 'checkpoints', keep=max(config.keep_checkpoints, 1),
                                read_only=True)
-  step = ckpts.resolve(checkpoint)
-  state, _ = ckpts.restore(step, loop.abstract_state(config, params, mesh), with_data=False)
+  target = loop.abstract_state(config, params, mesh)
+  if average_last:
+    chosen = ckpts.last_steps(average_last)
+    params = ckpts.average_params(chosen, target)
+    label = f'avg{average_last}'
+  else:
+    chosen = [ckpts.resolve(checkpoint)]
+    params = ckpts.restore(chosen[0], target, with_data=False)[0]['params']
+    label = checkpoint
+  return config, data, graphdef, rest, params, mesh, label, chosen
+
+
+def run(workdir: Path, checkpoint: str, split: str, context_window: int | None,
+        batch_size: int | None, average_last: int | None = None) -> dict:
+  """Scores a language model's checkpoint on `split`; the dict eval.py prints."""
+  import jax  # pylint: disable=g-import-not-at-top (keeps --help fast)
+  from training import evaluate, steps
+
+  config, data, graphdef, rest, params, mesh, label, chosen = _load(workdir, checkpoint,
+                                                                     average_last)
+  step = chosen[-1]
   cw = config.eval_context_window if context_window is None else context_window
   bs = batch_size or config.batch_size
   bs -= bs % mesh.size  # whole rows per device
@@ -54,15 +95,56 @@ def run(workdir: Path, checkpoint: str, split: str, context_window: int | None,
     raise ValueError(f'--batch_size must be at least the number of devices ({mesh.size})')
   eval_step = jax.jit(steps.make_eval_step(graphdef, rest, with_accuracy=data.metric == 'accuracy'))
   batches = data.eval_batches(split, batch_size=bs, seq_len=config.seq_len, context_window=cw)
-  out = evaluate.evaluate(eval_step, state['params'], batches, mesh, metric=data.metric,
+  out = evaluate.evaluate(eval_step, params, batches, mesh, metric=data.metric,
                           progress=sys.stderr.isatty(), desc=f'eval {split}')
   result = {'split': split, 'metric': data.metric, 'value': out.get(data.metric, out['loss']),
-            **out, 'checkpoint': checkpoint, 'step': step,
+            **out, 'checkpoint': label, 'step': step, 'steps': chosen,
             'protocol': {'seq_len': config.seq_len, 'context_window': cw,
                          'stride': config.seq_len - cw, 'data': config.data.name}}
   out_dir = workdir / 'eval'
   out_dir.mkdir(exist_ok=True)
-  (out_dir / f'{split}-{step}-cw{cw}.json').write_text(json.dumps(result, indent=2) + '\n')
+  (out_dir / f'{split}-{label if average_last else step}-cw{cw}.json').write_text(
+      json.dumps(result, indent=2) + '\n')
+  return result
+
+
+def run_translation(workdir: Path, checkpoint: str, split: str, *, beam: int | None = None,
+                    lenpen: float | None = None, alpha: float | None = None,
+                    max_len_a: float | None = None, max_len_b: int | None = None,
+                    average_last: int | None = None) -> dict:
+  """Translates `split` with a translation checkpoint and scores it; the dict eval.py prints."""
+  import jax  # pylint: disable=g-import-not-at-top (keeps --help fast)
+  from training import evaluate, steps, translate
+
+  config, data, graphdef, rest, params, mesh, label, chosen = _load(workdir, checkpoint,
+                                                                     average_last)
+  settings = translate.DecodeSettings.from_config(config.decode, beam_size=beam, lenpen=lenpen,
+                                                  alpha=alpha, max_len_a=max_len_a,
+                                                  max_len_b=max_len_b)
+  translator = translate.Translator(graphdef, rest, data, settings,
+                                    max_positions=config.model.max_len, mesh=mesh)
+  progress = sys.stderr.isatty()
+  hypotheses = translator.translate(params, split, progress=progress)
+  scores = translator.score(hypotheses, split)
+  eval_step = jax.jit(steps.make_eval_step(graphdef, rest, with_accuracy=False))
+  batches = data.eval_batches(split, max_tokens=config.data.max_tokens * mesh.size,
+                              row_multiple=mesh.size)
+  loss = evaluate.evaluate(eval_step, params, batches, mesh, metric='perplexity',
+                           progress=progress, desc=f'loss {split}')
+  protocol = settings.describe()
+  tag = (f'{split}-{label}-beam{settings.beam_size}-{settings.length_penalty.kind}'
+         f'{settings.length_penalty.value:g}-a{settings.max_len_a:g}-b{settings.max_len_b}')
+  out_dir = workdir / 'eval'
+  out_dir.mkdir(exist_ok=True)
+  hyp_path = out_dir / f'{tag}.hyp'
+  hyp_path.write_text(''.join(h + '\n' for h in hypotheses), encoding='utf-8')
+  result = {'split': split, 'metric': 'bleu', 'value': scores['bleu'], **scores,
+            'sentences': len(hypotheses), 'loss': loss['loss'],
+            'perplexity': loss['perplexity'], 'hypotheses': str(hyp_path),
+            'checkpoint': label, 'steps': chosen,
+            'protocol': {**protocol, 'direction': f'{data.src_lang}-{data.tgt_lang}',
+                         'text_level': data.text_level, 'data': config.data.name}}
+  (out_dir / f'{tag}.json').write_text(json.dumps(result, indent=2) + '\n')
   return result
 
 
@@ -72,8 +154,18 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:  # Orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
   from training.checkpoints import CheckpointError  # pylint: disable=g-import-not-at-top
+  from training import workdir as wd  # pylint: disable=g-import-not-at-top
+  workdir = Path(_WORKDIR.value)
   try:
-    result = run(Path(_WORKDIR.value), _CHECKPOINT.value, _SPLIT.value, _CONTEXT.value, _BATCH.value)
+    task = wd.load_config(workdir).get('task', 'lm')
+    if task == 'translation':
+      result = run_translation(workdir, _CHECKPOINT.value, _SPLIT.value, beam=_BEAM.value,
+                               lenpen=_LENPEN.value, alpha=_ALPHA.value,
+                               max_len_a=_MAX_LEN_A.value, max_len_b=_MAX_LEN_B.value,
+                               average_last=_AVERAGE.value)
+    else:
+      result = run(workdir, _CHECKPOINT.value, _SPLIT.value, _CONTEXT.value, _BATCH.value,
+                   average_last=_AVERAGE.value)
   except (ValueError, FileNotFoundError, CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

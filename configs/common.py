@@ -153,23 +153,39 @@ def optimizer_config() -> ml_collections.ConfigDict:
   return c
 
 
-def base_config() -> ml_collections.ConfigDict:
+def _run_config(task: str) -> ml_collections.ConfigDict:
+  """Keys every task has: seed, steps, intervals, checkpoints, loss."""
   c = ml_collections.ConfigDict()
-  c.task = 'lm'
+  c.task = task               # lm | translation (which model and data train.py builds)
   c.seed = 0
   c.attention = attention_config()
-  c.model = model_config()
   c.optimizer = optimizer_config()
   c.data = ml_collections.ConfigDict()
   c.train_steps = 1000
-  c.batch_size = 32           # sequences per update (split across devices and micro-batches)
-  c.seq_len = 128             # tokens per training sequence
   c.log_every = 50
   c.eval_every = 500
   c.eval_batches = 20         # validation batches per periodic evaluation (-1 = whole split)
-  c.eval_context_window = 0   # eval.py default: tokens of context before each scored window
   c.checkpoint_every = 500
   c.keep_checkpoints = 3      # last N kept, plus the best on validation
   c.label_smoothing = 0.0
   c.progress_bar = True
+  return c
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """A language-modelling config (models/lm.py): sequences of `seq_len` tokens."""
+  c = _run_config('lm')
+  c.model = model_config()
+  c.batch_size = 32           # sequences per update (split across devices and micro-batches)
+  c.seq_len = 128             # tokens per training sequence
+  c.eval_context_window = 0   # eval.py default: tokens of context before each scored window
+  return c
+
+
+def translation_base_config() -> ml_collections.ConfigDict:
+  """A translation config (models/seq2seq.py): batches by token count (`data.max_tokens`)."""
+  c = _run_config('translation')
+  c.model = seq2seq_model_config()
+  c.decode = decode_config()
+  c.label_smoothing = 0.1
   return c

@@ -25,10 +25,8 @@ PAD, BOS = 1, 2
 
 
 def _config(kind='softmax', *, pre_norm=False, encoder='', decoder='', cross='', **model):
-  c = common.base_config()
-  c.attention = common.attention_config()
+  c = common.translation_base_config()
   c.attention.kind = kind
-  c.model = common.seq2seq_model_config()
   m = c.model
   m.encoder_layers, m.decoder_layers, m.d_model, m.num_heads, m.d_ff = 2, 2, 32, 4, 64
   m.src_vocab_size, m.tgt_vocab_size, m.max_len = 23, 19, 64

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -116,6 +117,28 @@ class Checkpoints:
           'It is damaged, or was written by a different model shape. Nothing was changed; '
           'remove that step folder to resume from an earlier checkpoint.') from e
     return restored['state'], (restored['data'] if with_data else None)
+
+  def last_steps(self, n: int) -> list[int]:
+    """The `n` most recent saved steps (ascending); a clear error when fewer are saved."""
+    steps = sorted(self.all_steps())
+    if n < 1:
+      raise CheckpointError(f'--average_last={n}: expected a positive number of checkpoints')
+    if len(steps) < n:
+      raise CheckpointError(
+          f'--average_last={n} but {self.directory} holds {len(steps)} checkpoint(s) {steps}; '
+          'train with keep_checkpoints ≥ N (and checkpoint_every small enough) to average N')
+    return steps[-n:]
+
+  def average_params(self, steps: list[int], abstract_state: Any) -> Any:
+    """The element-wise mean of the parameters saved at `steps` (fairseq's
+    `scripts/average_checkpoints.py`), summed in float64 and returned in each array's dtype."""
+    total = None
+    for step in steps:
+      params = jax.device_get(self.restore(step, abstract_state, with_data=False)[0]['params'])
+      params64 = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
+      total = params64 if total is None else jax.tree.map(np.add, total, params64)
+    return jax.tree.map(lambda t, a: (t / len(steps)).astype(a.dtype), total,
+                        abstract_state['params'])
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

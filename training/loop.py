@@ -22,25 +22,47 @@ from tqdm import tqdm
 
 import data as data_lib
 from models.lm import TransformerLM
+from models.seq2seq import EncoderDecoder
 from training import checkpoints as ckpt_lib
-from training import distill, distributed, evaluate, optim, steps, workdir as workdir_lib
+from training import distill, distributed, evaluate, optim, steps, translate
+from training import workdir as workdir_lib
 from training.metric_log import MetricLog
 
 
+TASKS = ('lm', 'translation')
+
+
+def _fill_from_data(config: ml_collections.ConfigDict, key: str, value: int, what: str) -> None:
+  if config.model[key] == -1:
+    config.model[key] = value
+  elif config.model[key] != value:
+    raise ValueError(f'model.{key}={config.model[key]} but the data has {value} {what}; leave '
+                     f'model.{key}=-1 to take it from the data')
+
+
 def build_data(config: ml_collections.ConfigDict):
-  """The task's data, and `config.model.vocab_size` filled in from it."""
+  """The task's data, and the model's vocabulary sizes filled in from it."""
+  if config.task not in TASKS:
+    raise ValueError(f'unknown task {config.task!r}; known: {", ".join(TASKS)}')
+  if config.task == 'translation':
+    data = data_lib.build_translation_data(config.data, max_positions=config.model.max_len)
+    _fill_from_data(config, 'src_vocab_size', len(data.src_vocab),
+                    f'{data.src_lang} (source) symbols')
+    _fill_from_data(config, 'tgt_vocab_size', len(data.tgt_vocab),
+                    f'{data.tgt_lang} (target) symbols')
+    if config.model.pad_id != data.pad_id:
+      raise ValueError(f'model.pad_id={config.model.pad_id} but the data pads with id '
+                       f'{data.pad_id}')
+    return data
   data = data_lib.build_lm_data(config.data, seed=config.seed)
-  if config.model.vocab_size == -1:
-    config.model.vocab_size = data.vocab_size
-  elif config.model.vocab_size != data.vocab_size:
-    raise ValueError(f'model.vocab_size={config.model.vocab_size} but the data has '
-                     f'{data.vocab_size} types; leave model.vocab_size=-1 to take it from the data')
+  _fill_from_data(config, 'vocab_size', data.vocab_size, 'types')
   return data
 
 
 def build_model(config: ml_collections.ConfigDict) -> nnx.Module:
-  return TransformerLM(config.model, config.attention,
-                       rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
+  model_cls = EncoderDecoder if config.task == 'translation' else TransformerLM
+  return model_cls(config.model, config.attention,
+                   rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
 
 
 def initial_state(config, params, optimizer) -> steps.TrainState:
@@ -63,6 +85,10 @@ def abstract_state(config, params, mesh) -> steps.TrainState:
 def _check_batching(config, n_devices: int) -> int:
   """Rows per micro-batch on this process; a clear error when the batch does not divide."""
   accum = config.optimizer.grad_accum_steps
+  if config.task == 'translation':  # batches by token count: the data layer sizes them
+    if config.data.max_tokens < 1:
+      raise ValueError(f'data.max_tokens={config.data.max_tokens} must be positive')
+    return 0
   n_proc = jax.process_count()
   if config.batch_size % (accum * n_devices) or config.batch_size % (accum * n_proc):
     raise ValueError(f'batch_size={config.batch_size} must be divisible by '
@@ -108,9 +134,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   state = jax.device_put(initial_state(config, params, optimizer), distributed.replicated(mesh))
   schedule = optim.learning_rate_schedule(config.optimizer, config.train_steps)
 
-  train_iter = data.train_iterator(batch_size=micro_rows * config.optimizer.grad_accum_steps,
-                                   seq_len=config.seq_len,
-                                   seed=config.seed + 1000 * jax.process_index())
+  seed = config.seed + 1000 * jax.process_index()
+  if config.task == 'translation':
+    if teacher is not None:
+      raise ValueError('attention distillation (attention.sea.distill) is implemented for the '
+                       'language model only; set attention.sea.distill=False for translation')
+    # fairseq's --max-tokens is per device: this process's rows hold that many per local device.
+    n_local = jax.local_device_count()
+    train_iter = data.train_iterator(max_tokens=config.data.max_tokens * n_local, seed=seed,
+                                     row_multiple=n_local,
+                                     num_micro=config.optimizer.grad_accum_steps)
+  else:
+    train_iter = data.train_iterator(batch_size=micro_rows * config.optimizer.grad_accum_steps,
+                                     seq_len=config.seq_len, seed=seed)
   checkpoints = ckpt_lib.Checkpoints(workdir / 'checkpoints', keep=config.keep_checkpoints)
   start = checkpoints.latest_step() or 0
   if start:
@@ -134,11 +170,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   eval_step = jax.jit(steps.make_eval_step(graphdef, rest,
                                            with_accuracy=data.metric == 'accuracy'))
 
+  translator = None
+  if config.task == 'translation' and config.decode.valid_sentences > 0:
+    settings = translate.DecodeSettings.from_config(
+        config.decode, beam_size=config.decode.valid_beam_size)
+    translator = translate.Translator(graphdef, rest, data, settings,
+                                      max_positions=config.model.max_len, mesh=mesh)
+
   def validate(step: int, max_batches: int) -> dict:
-    batches = data.eval_batches('valid', batch_size=config.batch_size // jax.process_count(),
-                                seq_len=config.seq_len)
-    out = evaluate.evaluate(eval_step, state['params'], batches, mesh, metric=data.metric,
-                            max_batches=max_batches)
+    if config.task == 'translation':
+      batches = data.eval_batches('valid', max_tokens=config.data.max_tokens * mesh.size,
+                                  row_multiple=mesh.size)
+      out = evaluate.evaluate(eval_step, state['params'], batches, mesh, metric='perplexity',
+                              max_batches=max_batches)
+      if translator is not None:  # BLEU on the first sentences of valid (monitoring only)
+        hypotheses = translator.translate(state['params'], 'valid',
+                                          max_sentences=config.decode.valid_sentences)
+        scores = translator.score(hypotheses, 'valid')
+        out.update(bleu=scores['bleu'], sacrebleu=scores['sacrebleu'],
+                   bleu_sentences=len(hypotheses))
+    else:
+      batches = data.eval_batches('valid', batch_size=config.batch_size // jax.process_count(),
+                                  seq_len=config.seq_len)
+      out = evaluate.evaluate(eval_step, state['params'], batches, mesh, metric=data.metric,
+                              max_batches=max_batches)
     metric_log.write(step, 'valid', out)
     return out
 
@@ -160,7 +215,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       step += 1
       pending.append(m)
       window_steps += 1
-      window_tokens += config.batch_size * config.seq_len
+      window_tokens += (int(local['weights'].sum()) if config.task == 'translation'
+                        else config.batch_size * config.seq_len)
       bar.update(1)
       if step % config.log_every == 0 or step == config.train_steps:
         for mm in jax.device_get(pending):

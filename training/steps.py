@@ -21,7 +21,9 @@ from flax import nnx
 
 from training import distill
 
-Batch = dict[str, jax.Array]   # inputs, targets: [B, T] int32; weights: [B, T] float32
+# LM: inputs, targets [B, T] int32, weights [B, T] float32. Translation: source [B, S],
+# target_in (bos + target[:-1]) and targets [B, T] int32, weights [B, T] float32.
+Batch = dict[str, jax.Array]
 TrainState = dict[str, Any]    # params, opt_state, step, rng
 
 
@@ -42,7 +44,10 @@ def _merge(graphdef, params, rest, key=None):
 def _forward_nll(graphdef, params, rest, batch: Batch, *, key, label_smoothing: float,
                  deterministic: bool, with_predictions: bool):
   model = _merge(graphdef, params, rest, key)
-  hidden = model(batch['inputs'], deterministic=deterministic)
+  if 'source' in batch:  # encoder–decoder, teacher-forced
+    hidden = model(batch['source'], batch['target_in'], deterministic=deterministic)
+  else:
+    hidden = model(batch['inputs'], deterministic=deterministic)
   nll = model.token_nll(hidden, batch['targets'], label_smoothing=label_smoothing,
                         deterministic=deterministic)
   # Accuracy is reported for tasks with a small output vocabulary (the synthetic task).

@@ -17,7 +17,8 @@ import ml_collections
 
 # Keys a resumed run may change: how long to train and how often to log, evaluate and save.
 RESUMABLE_KEYS = ('train_steps', 'log_every', 'eval_every', 'eval_batches', 'checkpoint_every',
-                  'keep_checkpoints', 'progress_bar', 'eval_context_window')
+                  'keep_checkpoints', 'progress_bar', 'eval_context_window',
+                  'decode')  # decoding settings: validation BLEU only, never the training
 
 
 class IncompatibleWorkdirError(ValueError):
