@@ -12,7 +12,7 @@ size, so it runs inside `jax.jit` with the step function closed over. Recipes (a
 
 | recipe | beam | length penalty | max length (tokens before EOS) |
 |---|---|---|---|
-| IWSLT14 `fairseq-generate --beam 5` | 5 | `LengthPenalty('fairseq', 1.0)` | a=0, b=200 (defaults) |
+| IWSLT14 `fairseq-generate --beam 5` | 5 | `LengthPenalty('fairseq', 1.0)` | a=0, b=200 (default) |
 | IWSLT14 in-training `--eval-bleu-args` | 5 | `LengthPenalty('fairseq', 1.0)` | a=1.2, b=10 |
 | WMT14 fairseq `--beam 4 --lenpen 0.6` | 4 | `LengthPenalty('fairseq', 0.6)` | a=0, b=200 |
 | WMT14 Vaswani et al. 2017 | 4 | `LengthPenalty('gnmt', 0.6)` | a=1, b=50 |
