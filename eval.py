@@ -127,8 +127,7 @@ def run_translation(workdir: Path, checkpoint: str, split: str, *, beam: int | N
   hypotheses = translator.translate(params, split, progress=progress)
   scores = translator.score(hypotheses, split)
   eval_step = jax.jit(steps.make_eval_step(graphdef, rest, with_accuracy=False))
-  batches = data.eval_batches(split, max_tokens=config.data.max_tokens * mesh.size,
-                              row_multiple=mesh.size)
+  batches = data.eval_batches(split, **translate.eval_batching(config.data.max_tokens))
   loss = evaluate.evaluate(eval_step, params, batches, mesh, metric='perplexity',
                            progress=progress, desc=f'loss {split}')
   protocol = settings.describe()

@@ -15,6 +15,12 @@ Data flow and references: `wikitext.py` (fairseq tokenization), `enwik8.py` (pre
 split), `synthetic.py` (Zoology's MQAR), `pipeline.py` (grain training blocks, fairseq
 `--context-window` evaluation), `cache.py` (tokenized streams on disk), `tfds_builders/` (TFDS
 builders preparing ArrayRecord files from the official archives, read without TensorFlow).
+
+Translation (IWSLT14 de→en, WMT14 en→de) has its own pair, in `translation.py`:
+`build_translation_data(config.data, max_positions=config.model.max_len)` gives a
+`TranslationData` whose training iterator and evaluation batches carry 'source', 'target_in',
+'targets' and 'weights' under a token budget (`max_tokens`), and whose `postprocess`,
+`references` give text for BLEU; `translation_data_config(name)` gives its `config.data` block.
 """
 
 from __future__ import annotations
@@ -25,8 +31,12 @@ import ml_collections
 
 from data.pipeline import EvalBatches
 from data.pipeline import LMData
+from data.translation import build_translation_data
+from data.translation import TranslationData
+from data.translation import translation_data_config
 
-__all__ = ['LMData', 'EvalBatches', 'build_lm_data', 'lm_data_config', 'resolve_data_dir']
+__all__ = ['LMData', 'EvalBatches', 'build_lm_data', 'lm_data_config', 'resolve_data_dir',
+           'TranslationData', 'build_translation_data', 'translation_data_config']
 
 NAMES = ('mqar', 'wikitext', 'enwik8')
 SOURCES = ('synthetic', 'files', 'tfds')

@@ -126,6 +126,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   n_params = sum(x.size for x in jax.tree.leaves(params))
   optimizer = optim.make_optimizer(config.optimizer, config.train_steps)
   teacher = None
+  if config.task == 'translation' and distill.enabled(config):
+    raise ValueError('attention distillation (attention.sea.distill) is implemented for the '
+                     'language model only; set attention.sea.distill=false for translation')
   if distill.enabled(config):
     teacher = distill.load_teacher(config, data.describe(), mesh)
     teacher_params = jax.device_put(teacher.params, distributed.replicated(mesh))
@@ -134,19 +137,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   state = jax.device_put(initial_state(config, params, optimizer), distributed.replicated(mesh))
   schedule = optim.learning_rate_schedule(config.optimizer, config.train_steps)
 
-  seed = config.seed + 1000 * jax.process_index()
   if config.task == 'translation':
-    if teacher is not None:
-      raise ValueError('attention distillation (attention.sea.distill) is implemented for the '
-                       'language model only; set attention.sea.distill=False for translation')
-    # fairseq's --max-tokens is per device: this process's rows hold that many per local device.
-    n_local = jax.local_device_count()
-    train_iter = data.train_iterator(max_tokens=config.data.max_tokens * n_local, seed=seed,
-                                     row_multiple=n_local,
-                                     num_micro=config.optimizer.grad_accum_steps)
+    # fairseq's --max-tokens is per device. Every process plans the same global batches (same
+    # seed) and takes its own rows, so all processes step through the same shapes.
+    train_iter = data.train_iterator(max_tokens=config.data.max_tokens * mesh.size,
+                                     seed=config.seed, row_multiple=mesh.size,
+                                     num_micro=config.optimizer.grad_accum_steps,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count())
   else:
     train_iter = data.train_iterator(batch_size=micro_rows * config.optimizer.grad_accum_steps,
-                                     seq_len=config.seq_len, seed=seed)
+                                     seq_len=config.seq_len,
+                                     seed=config.seed + 1000 * jax.process_index())
   checkpoints = ckpt_lib.Checkpoints(workdir / 'checkpoints', keep=config.keep_checkpoints)
   start = checkpoints.latest_step() or 0
   if start:
@@ -179,8 +181,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
   def validate(step: int, max_batches: int) -> dict:
     if config.task == 'translation':
-      batches = data.eval_batches('valid', max_tokens=config.data.max_tokens * mesh.size,
-                                  row_multiple=mesh.size)
+      batches = data.eval_batches('valid', **translate.eval_batching(config.data.max_tokens))
       out = evaluate.evaluate(eval_step, state['params'], batches, mesh, metric='perplexity',
                               max_batches=max_batches)
       if translator is not None:  # BLEU on the first sentences of valid (monitoring only)

@@ -130,8 +130,7 @@ class Translator:
     """Hypotheses for the first `max_sentences` sentences of `split` (all when None), in order."""
     n = self.data.num_examples(split)
     n = n if max_sentences is None else min(n, max_sentences)
-    batches = self.data.eval_batches(split, max_tokens=self.settings.max_tokens,
-                                     row_multiple=self.mesh.size, max_sentences=n)
+    batches = self.data.eval_batches(split, limit=n, **eval_batching(self.settings.max_tokens))
     out: list[str | None] = [None] * n
     pad = self.data.pad_id
     for batch in tqdm(batches, desc=f'decode {split}', disable=not progress, leave=False):
@@ -157,6 +156,13 @@ class Translator:
     references = self.data.references(split)[:len(hypotheses)]
     return bleu.translation_bleus(hypotheses, references, lang=self.data.tgt_lang,
                                   level=self.data.text_level)
+
+
+def eval_batching(max_tokens_per_device: int) -> dict[str, int]:
+  """`eval_batches` arguments: global batches over all devices, this process's rows of them."""
+  n = jax.device_count()
+  return dict(max_tokens=max_tokens_per_device * n, row_multiple=n,
+              process_index=jax.process_index(), process_count=jax.process_count())
 
 
 def _gather(tree):
