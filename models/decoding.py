@@ -290,10 +290,8 @@ def beam_search(step_fn: StepFn, cache: Any, *, batch_size: int, beam_size: int,
     log_probs = _constrain(log_probs.reshape(b, k, vocab_size), t, max_lens, min_len=min_len,
                            eos_id=eos_id, pad_id=pad_id)
     # −inf + finite and −inf + −inf are −inf; nothing here subtracts, so no NaN can appear.
-    extended = (s.live_scores[:, :, None] + log_probs).reshape(b, k * vocab_size)
-    cand_scores, cand_index = jax.lax.top_k(extended, 2 * k)            # [B, 2K], best first
-    cand_beams = cand_index // vocab_size
-    cand_tokens = cand_index % vocab_size
+    extended = s.live_scores[:, :, None] + log_probs                     # [B, K, V]
+    cand_scores, cand_beams, cand_tokens = _top_candidates(extended, 2 * k)  # [B, 2K], best first
     cand_eos = (cand_tokens == eos_id) & (cand_scores > -jnp.inf)
 
     # Finalise EOS candidates among the first K, in order, while the sentence has room.
@@ -340,6 +338,23 @@ def beam_search(step_fn: StepFn, cache: Any, *, batch_size: int, beam_size: int,
       tokens=jnp.take_along_axis(final.fin_tokens, order[:, :, None], axis=1),
       scores=jnp.take_along_axis(final.fin_scores, order, axis=1),
       lengths=jnp.take_along_axis(final.fin_lengths, order, axis=1))
+
+
+def _top_candidates(extended: jax.Array, n: int):
+  """The `n` best of `extended: [B, K, V]` per sentence, as (scores, beams, tokens) `[B, n]`.
+
+  Equal to `top_k` over the flattened `[B, K·V]` (ties to the lower beam, then the lower
+  token), done in two stages: the best n of each beam, then the best n of those K·n. XLA on CPU
+  lowers a `top_k` inside the search's while loop over K·V elements to a full sort, which made
+  each step cost O(K·V log(K·V)); the staged form only sorts K·n values.
+  """
+  b, k, _ = extended.shape
+  n_beam = min(n, extended.shape[2])
+  beam_scores, beam_tokens = jax.lax.top_k(extended, n_beam)              # [B, K, n]
+  scores, index = jax.lax.top_k(beam_scores.reshape(b, k * n_beam), n)   # [B, n]
+  beams = index // n_beam
+  tokens = jnp.take_along_axis(beam_tokens.reshape(b, k * n_beam), index, axis=1)
+  return scores, beams.astype(jnp.int32), tokens.astype(jnp.int32)
 
 
 def _constrain(log_probs: jax.Array, t: jax.Array, max_lens: jax.Array, *, min_len: int,
