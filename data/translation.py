@@ -147,7 +147,6 @@ def translation_data_config(name: str) -> ml_collections.ConfigDict:
   c.skip_invalid_size = False   # valid/test: leave out (and count) too-long pairs, not an error
   c.length_bucket = 8           # padded lengths are multiples of this (one shape per bucket)
   c.max_tokens = 4096           # fairseq --max-tokens: rows × max(S, T) per micro-batch
-  c.bleu_subset = 200           # first N validation sentences decoded for BLEU while training
   return c
 
 
