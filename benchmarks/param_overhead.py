@@ -14,11 +14,10 @@ the paper's NMT experiments most plausibly use (anchors.md §B.3, §B.4):
 
 with softmax attention and with daGPAM in every attention module (encoder self, decoder self and
 encoder–decoder attention: 18 modules), W_Q⁻ shared by the heads or per head, λ fixed or
-trainable (per layer or per head). The real modules are built with `nnx.eval_shape` (shapes
-only, no memory): encoder layers are `models.transformer.DecoderBlock` without cross-attention,
-decoder layers `DecoderBlock(cross_attention=True)`, post-LN as fairseq's defaults (so no final
-LayerNorm), sinusoidal positions (no parameters) and one `nnx.Embed` per distinct embedding
-table (a tied output projection adds nothing).
+trainable (per layer or per head). The real model is built with `nnx.eval_shape` (shapes only,
+no memory): `models.seq2seq.EncoderDecoder` from the `size=paper` model config of
+`configs/iwslt14.py` and `configs/wmt14.py` (post-LN as fairseq's defaults, so no final
+LayerNorm; sinusoidal positions, no parameters; tied output projections add nothing).
 
 Dictionary sizes are not in anchors.md; the defaults come from fairseq-preprocess logs:
 IWSLT14 `prepare-iwslt14.sh` + separate dictionaries gives "[de] Dictionary: 8848 types",
@@ -79,12 +78,12 @@ def recipes() -> dict[str, dict]:
   """The two fairseq shapes; `embeddings` lists the distinct embedding tables (name, rows)."""
   return {
       'iwslt14_de_en': dict(
-          arch='transformer_iwslt_de_en', encoder_layers=6, decoder_layers=6, d_model=512,
+          arch='transformer_iwslt_de_en', config='iwslt14', encoder_layers=6, decoder_layers=6, d_model=512,
           d_ff=1024, num_heads=4,
           embeddings=[('encoder embed_tokens (de)', _IWSLT_SRC.value),
                       ('decoder embed_tokens (en), tied with the output', _IWSLT_TGT.value)]),
       'wmt14_en_de': dict(
-          arch='transformer_wmt_en_de', encoder_layers=6, decoder_layers=6, d_model=512,
+          arch='transformer_wmt_en_de', config='wmt14', encoder_layers=6, decoder_layers=6, d_model=512,
           d_ff=2048, num_heads=8,
           embeddings=[('joined embed_tokens, shared by encoder, decoder and output',
                        _WMT_VOCAB.value)]),
@@ -93,42 +92,37 @@ def recipes() -> dict[str, dict]:
 
 def count_parameters(recipe: dict, kind: str, options: dict) -> dict[str, int]:
   """Parameters of the encoder–decoder, by part, built abstractly with `nnx.eval_shape`."""
+  import importlib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
-  import attention.dagpam  # noqa: F401  registers 'dagpam' (until the registry lists it)
-  from configs import common  # pylint: disable=g-import-not-at-top
-  from models import transformer  # pylint: disable=g-import-not-at-top
+  from models import seq2seq  # pylint: disable=g-import-not-at-top
 
-  config = common.attention_config()
-  config.kind = kind
+  config = importlib.import_module(f'configs.{recipe["config"]}').get_config('size=paper')
+  m = config.model
+  for key in ('encoder_layers', 'decoder_layers', 'd_model', 'd_ff', 'num_heads'):
+    assert m[key] == recipe[key], (recipe['arch'], key, m[key], recipe[key])
+  rows = [r for _, r in recipe['embeddings']]
+  m.src_vocab_size, m.tgt_vocab_size = rows[0], rows[-1]
+  config.attention.kind = kind
   for key, value in options.items():
-    config.dagpam[key] = value
+    config.attention.dagpam[key] = value
   if kind == 'dagpam':
-    config.dagpam.wq_neg_bias = _BIAS.value
+    config.attention.dagpam.wq_neg_bias = _BIAS.value
 
-  def block(layer_index: int, cross_attention: bool, rngs: nnx.Rngs):
-    return transformer.DecoderBlock(
-        recipe['d_model'], recipe['num_heads'], recipe['d_ff'], config, max_len=1024,
-        pre_norm=False, cross_attention=cross_attention, layer_index=layer_index, rngs=rngs)
-
-  def build():
-    rngs = nnx.Rngs(0)
-    return dict(
-        encoder=nnx.List([block(i, False, rngs) for i in range(recipe['encoder_layers'])]),
-        decoder=nnx.List([block(i, True, rngs) for i in range(recipe['decoder_layers'])]),
-        embeddings=nnx.List([nnx.Embed(rows, recipe['d_model'], rngs=rngs)
-                             for _, rows in recipe['embeddings']]))
-
-  parts = nnx.eval_shape(build)
+  model = nnx.eval_shape(
+      lambda: seq2seq.EncoderDecoder(config.model, config.attention, rngs=nnx.Rngs(0)))
   size = lambda tree: sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(tree, nnx.Param)))
-  counts = {name: size(part) for name, part in parts.items()}
+  counts = {'encoder': size(model.encoder_layers), 'decoder': size(model.decoder_layers),
+            'embeddings': sum(size(e) for e in (model.src_embed, model.tgt_embed, model.output)
+                              if e is not None)}
   # The attention cores' own parameters (daGPAM's W_Q⁻, b_Q⁻, λ; none for softmax).
   counts['attention_cores'] = sum(
       size(attn.core)
-      for layers in (parts['encoder'], parts['decoder']) for layer in layers
+      for layers in (model.encoder_layers, model.decoder_layers) for layer in layers
       for attn in (layer.self_attention, layer.cross_attention) if attn is not None)
-  counts['total'] = counts['encoder'] + counts['decoder'] + counts['embeddings']
+  counts['total'] = size(model)
+  assert counts['total'] == counts['encoder'] + counts['decoder'] + counts['embeddings']
   return counts
 
 
