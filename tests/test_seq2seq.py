@@ -175,3 +175,27 @@ def test_label_smoothing_matches_reference():
 def test_unknown_role_kind_lists_known():
   with pytest.raises(ValueError, match='softmax'):
     _model(_config(cross='softmx'))
+
+
+@pytest.mark.parametrize('task', ['iwslt14', 'wmt14'])
+@pytest.mark.parametrize('size', ['tiny', 'small', 'paper'])
+def test_translation_configs_build(task, size):
+  import importlib
+  c = importlib.import_module(f'configs.{task}').get_config(f'size={size}')
+  assert c.task == 'translation'
+  c.model.src_vocab_size = c.model.tgt_vocab_size = 64
+  model = nnx.eval_shape(lambda: seq2seq.EncoderDecoder(c.model, c.attention,
+                                                        rngs=nnx.Rngs(0)))
+  assert len(model.encoder_layers) == c.model.encoder_layers
+
+
+def test_iwslt_paper_size_has_fairseqs_parameter_count():
+  """fairseq's `transformer_iwslt_de_en` on prepare-iwslt14.sh data (dictionaries of 8,848 de
+  and 6,632 en types, shared decoder input/output embedding) logs 39,469,056 parameters."""
+  from configs import iwslt14
+  c = iwslt14.get_config('size=paper')
+  c.model.src_vocab_size, c.model.tgt_vocab_size = 8848, 6632
+  model = nnx.eval_shape(lambda: seq2seq.EncoderDecoder(c.model, c.attention,
+                                                        rngs=nnx.Rngs(0)))
+  n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  assert n == 39_469_056
