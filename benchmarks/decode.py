@@ -120,7 +120,7 @@ def main(argv):
                                                'num_heads', 'd_ff', 'src_vocab_size',
                                                'tgt_vocab_size')},
                    'attention': config.attention.kind,
-                   'weights': _WORKDIR.value and 'checkpoint' or 'random'},
+                   'weights': 'checkpoint' if _WORKDIR.value else 'random'},
       'machine': {'platform': jax.devices()[0].platform, 'device': str(jax.devices()[0]),
                   'device_count': jax.device_count(), 'cpu': platform.processor() or
                   platform.machine(), 'jax': jax.__version__},

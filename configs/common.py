@@ -60,56 +60,51 @@ def attention_config() -> ml_collections.ConfigDict:
   return c
 
 
-def model_config() -> ml_collections.ConfigDict:
-  """`config.model`: the shared decoder-only transformer (models/lm.py)."""
+def _transformer_config(*, pre_norm: bool, max_len: int) -> ml_collections.ConfigDict:
+  """The `config.model` keys every transformer shares (models/transformer.py)."""
   c = ml_collections.ConfigDict()
-  c.num_layers = 2
   c.d_model = 128
   c.num_heads = 4
   c.d_ff = 512
   c.activation = 'relu'       # relu | gelu
   c.dropout = 0.0             # residual/embedding dropout
   c.activation_dropout = 0.0  # dropout after the FFN activation
-  c.pre_norm = True           # pre-LN (True) or post-LN (False) blocks
-  c.final_norm = True         # LayerNorm after the last block (pre-LN only)
+  c.pre_norm = pre_norm       # pre-LN (True) or post-LN (False) blocks
+  c.final_norm = True         # LayerNorm after the last block of a stack (pre-LN only)
   c.positions = 'sinusoidal'  # sinusoidal | learned | none
-  c.max_len = 512             # longest sequence the position table covers
-  c.tie_embeddings = True
+  c.max_len = max_len         # longest sequence (position table; fairseq --max-*-positions)
   c.scale_embeddings = True   # multiply token embeddings by √d_model (fairseq)
+  c.dtype = 'float32'         # compute dtype: float32 | bfloat16 (parameters stay float32)
+  return c
+
+
+def model_config() -> ml_collections.ConfigDict:
+  """`config.model`: the shared decoder-only transformer (models/lm.py)."""
+  c = _transformer_config(pre_norm=True, max_len=512)
+  c.num_layers = 2
+  c.tie_embeddings = True
   # Adaptive input / softmax (Baevski & Auli 2019; Grave et al. 2017). Empty cutoffs = off.
   c.adaptive_cutoffs = ()     # e.g. (20000, 60000)
   c.adaptive_factor = 4.0
   c.adaptive_input = False
   c.adaptive_softmax = False
   c.adaptive_softmax_dropout = 0.0
-  c.dtype = 'float32'         # compute dtype: float32 | bfloat16 (parameters stay float32)
   c.vocab_size = -1           # set from the data
   return c
 
 
 def seq2seq_model_config() -> ml_collections.ConfigDict:
-  """`config.model` of the encoder–decoder transformer (models/seq2seq.py)."""
-  c = ml_collections.ConfigDict()
+  """`config.model` of the encoder–decoder transformer (models/seq2seq.py); post-LN by
+  default, as fairseq's `transformer` (normalize_before=False), 1024 positions."""
+  c = _transformer_config(pre_norm=False, max_len=1024)
   c.encoder_layers = 2
   c.decoder_layers = 2
-  c.d_model = 128
-  c.num_heads = 4
-  c.d_ff = 512
-  c.activation = 'relu'       # relu | gelu
-  c.dropout = 0.0             # residual/embedding dropout
-  c.activation_dropout = 0.0  # dropout after the FFN activation
-  c.pre_norm = False          # post-LN (fairseq's default, normalize_before=False) or pre-LN
-  c.final_norm = True         # LayerNorm after the last encoder/decoder block (pre-LN only)
-  c.positions = 'sinusoidal'  # sinusoidal | learned | none
-  c.max_len = 1024            # longest source/target (fairseq --max-source/target-positions)
-  c.scale_embeddings = True   # multiply token embeddings by √d_model (fairseq)
   c.share_decoder_input_output_embed = True   # output layer = target embedding (fairseq flag)
   c.share_all_embeddings = False  # source embedding = target embedding too (joint vocabulary)
   # Attention kind per role; '' = attention.kind. Options come from attention.<kind>.
   c.encoder_attention = ''    # encoder self-attention
   c.decoder_attention = ''    # decoder (causal) self-attention
   c.cross_attention = ''      # encoder–decoder attention
-  c.dtype = 'float32'         # compute dtype: float32 | bfloat16 (parameters stay float32)
   c.pad_id = 1                # fairseq's <pad>; source padding is found by this id
   c.src_vocab_size = -1       # set from the data
   c.tgt_vocab_size = -1       # set from the data

@@ -330,7 +330,7 @@ def _tfds_pairs(config: ml_collections.ConfigDict) -> dict[str, list[_TfdsPair]]
 # --------------------------------------------------------------------------------- vocabulary
 
 
-class FairseqDictionary:
+class FairseqDictionary(vocab_lib.FairseqSpecialIds):
   """fairseq `Dictionary` behaviour over a `data.vocab.Vocabulary`: a line ↔ an id array.
 
   `encode` splits on whitespace, maps unknown tokens to `<unk>` and appends `</s>`
@@ -355,22 +355,6 @@ class FairseqDictionary:
   @property
   def symbols(self) -> list[str]:
     return self.vocabulary.symbols
-
-  @property
-  def bos_id(self) -> int:
-    return vocab_lib.BOS_ID
-
-  @property
-  def pad_id(self) -> int:
-    return vocab_lib.PAD_ID
-
-  @property
-  def eos_id(self) -> int:
-    return vocab_lib.EOS_ID
-
-  @property
-  def unk_id(self) -> int:
-    return vocab_lib.UNK_ID
 
   def sha256(self) -> str:
     return self.vocabulary.sha256()

@@ -33,7 +33,28 @@ BOS_ID, PAD_ID, EOS_ID, UNK_ID = range(4)
 MADEUP_WORD = 'madeupword{:04d}'
 
 
-class Vocabulary:
+class FairseqSpecialIds:
+  """fairseq's special ids, shared by every vocabulary of the project (dictionaries and
+  sentencepiece models alike): `<s>` = 0, `<pad>` = 1, `</s>` = 2, `<unk>` = 3."""
+
+  @property
+  def bos_id(self) -> int:
+    return BOS_ID
+
+  @property
+  def pad_id(self) -> int:
+    return PAD_ID
+
+  @property
+  def eos_id(self) -> int:
+    return EOS_ID
+
+  @property
+  def unk_id(self) -> int:
+    return UNK_ID
+
+
+class Vocabulary(FairseqSpecialIds):
   """An id ↔ symbol table whose first four symbols are fairseq's specials."""
 
   def __init__(self, symbols: Sequence[str]):
@@ -53,18 +74,6 @@ class Vocabulary:
 
   def __repr__(self) -> str:
     return f'Vocabulary({len(self)} symbols, sha256={self.sha256()[:12]})'
-
-  @property
-  def pad_id(self) -> int:
-    return PAD_ID
-
-  @property
-  def eos_id(self) -> int:
-    return EOS_ID
-
-  @property
-  def unk_id(self) -> int:
-    return UNK_ID
 
   def sha256(self) -> str:
     """Hex digest of the symbols in id order: two vocabularies with the same digest agree."""

@@ -74,7 +74,7 @@ def moses_detokenize(lines: Iterable[str], lang: str) -> Iterator[str]:
     yield detokenizer.detokenize(line.split())
 
 
-class SentencePieceVocab:
+class SentencePieceVocab(vocab_lib.FairseqSpecialIds):
   """A sentencepiece model with fairseq's special ids, used for both languages.
 
   `encode` gives the pieces' ids followed by `</s>` (fairseq appends eos to every sentence);
@@ -103,22 +103,6 @@ class SentencePieceVocab:
 
   def __repr__(self) -> str:
     return f'SentencePieceVocab({len(self)} pieces, sha256={self.sha256()[:12]})'
-
-  @property
-  def bos_id(self) -> int:
-    return vocab_lib.BOS_ID
-
-  @property
-  def pad_id(self) -> int:
-    return vocab_lib.PAD_ID
-
-  @property
-  def eos_id(self) -> int:
-    return vocab_lib.EOS_ID
-
-  @property
-  def unk_id(self) -> int:
-    return vocab_lib.UNK_ID
 
   def sha256(self) -> str:
     """Hex digest of the serialized model: equal digests, equal segmentation and ids."""

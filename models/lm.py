@@ -29,7 +29,7 @@ from models import adaptive
 from models import positions as positions_lib
 from models import transformer
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+DTYPES = transformer.DTYPES
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -39,26 +39,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                      'data (the tokenizer / dictionary size)')
   if config.num_layers < 0:
     raise ValueError(f'model.num_layers={config.num_layers} must be ≥ 0')
-  if config.d_model <= 0 or config.num_heads <= 0 or config.d_ff <= 0:
-    raise ValueError('model.d_model, model.num_heads and model.d_ff must be positive; got '
-                     f'{config.d_model}, {config.num_heads}, {config.d_ff}')
-  if config.d_model % config.num_heads:
-    raise ValueError(f'model.d_model={config.d_model} is not divisible by '
-                     f'model.num_heads={config.num_heads}')
-  if config.dtype not in DTYPES:
-    raise ValueError(f'model.dtype={config.dtype!r} is not supported; choose one of '
-                     f'{", ".join(DTYPES)}')
-  if config.positions not in positions_lib.KINDS:
-    raise ValueError(f'model.positions={config.positions!r} is not supported; choose one of '
-                     f'{", ".join(positions_lib.KINDS)}')
+  transformer.validate_block_options(config)
   if config.positions == 'learned' and config.max_len <= 0:
     raise ValueError(f'model.max_len={config.max_len} must be positive with learned positions')
-  if config.activation not in transformer.ACTIVATIONS:
-    raise ValueError(f'model.activation={config.activation!r} is not supported; choose one of '
-                     f'{", ".join(transformer.ACTIVATIONS)}')
-  for key in ('dropout', 'activation_dropout', 'adaptive_softmax_dropout'):
-    if not 0.0 <= config[key] < 1.0:
-      raise ValueError(f'model.{key}={config[key]} must lie in [0, 1)')
+  if not 0.0 <= config.adaptive_softmax_dropout < 1.0:
+    raise ValueError(f'model.adaptive_softmax_dropout={config.adaptive_softmax_dropout} must '
+                     'lie in [0, 1)')
   if config.adaptive_input or config.adaptive_softmax:
     edges = adaptive.band_edges(config.adaptive_cutoffs, config.vocab_size)
     adaptive.band_dims(config.d_model, config.adaptive_factor, len(edges) - 1)

@@ -43,7 +43,7 @@ from attention import masks as masks_lib
 from models import positions as positions_lib
 from models import transformer
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+DTYPES = transformer.DTYPES
 ROLES = ('encoder', 'decoder', 'cross')
 DECODE_MODES = ('auto', 'incremental', 'recompute')
 
@@ -71,27 +71,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.encoder_layers < 0 or config.decoder_layers < 1:
     raise ValueError('model.encoder_layers must be ≥ 0 and model.decoder_layers ≥ 1; got '
                      f'{config.encoder_layers}, {config.decoder_layers}')
-  if config.d_model <= 0 or config.num_heads <= 0 or config.d_ff <= 0:
-    raise ValueError('model.d_model, model.num_heads and model.d_ff must be positive; got '
-                     f'{config.d_model}, {config.num_heads}, {config.d_ff}')
-  if config.d_model % config.num_heads:
-    raise ValueError(f'model.d_model={config.d_model} is not divisible by '
-                     f'model.num_heads={config.num_heads}')
-  if config.dtype not in DTYPES:
-    raise ValueError(f'model.dtype={config.dtype!r} is not supported; choose one of '
-                     f'{", ".join(DTYPES)}')
-  if config.positions not in positions_lib.KINDS:
-    raise ValueError(f'model.positions={config.positions!r} is not supported; choose one of '
-                     f'{", ".join(positions_lib.KINDS)}')
+  transformer.validate_block_options(config)
   if config.max_len <= 0:
     raise ValueError(f'model.max_len={config.max_len} must be positive (the longest source or '
                      'target sequence, fairseq --max-source/target-positions)')
-  if config.activation not in transformer.ACTIVATIONS:
-    raise ValueError(f'model.activation={config.activation!r} is not supported; choose one of '
-                     f'{", ".join(transformer.ACTIVATIONS)}')
-  for key in ('dropout', 'activation_dropout'):
-    if not 0.0 <= config[key] < 1.0:
-      raise ValueError(f'model.{key}={config[key]} must lie in [0, 1)')
   if config.share_all_embeddings and config.src_vocab_size != config.tgt_vocab_size:
     raise ValueError(
         'model.share_all_embeddings=True needs one joint vocabulary, but the source has '

@@ -31,9 +31,34 @@ from flax import nnx
 import attention
 from attention import biases as biases_lib
 from attention import masks as masks_lib
+from models import positions as positions_lib
 
 LAYER_NORM_EPS = 1e-5
 ACTIVATIONS = ('relu', 'gelu')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def validate_block_options(config: ml_collections.ConfigDict) -> None:
+  """Checks the `model.*` options every transformer here shares (widths, heads, dtype,
+  positions, activation, dropouts); raises ValueError naming the offending option."""
+  if config.d_model <= 0 or config.num_heads <= 0 or config.d_ff <= 0:
+    raise ValueError('model.d_model, model.num_heads and model.d_ff must be positive; got '
+                     f'{config.d_model}, {config.num_heads}, {config.d_ff}')
+  if config.d_model % config.num_heads:
+    raise ValueError(f'model.d_model={config.d_model} is not divisible by '
+                     f'model.num_heads={config.num_heads}')
+  if config.dtype not in DTYPES:
+    raise ValueError(f'model.dtype={config.dtype!r} is not supported; choose one of '
+                     f'{", ".join(DTYPES)}')
+  if config.positions not in positions_lib.KINDS:
+    raise ValueError(f'model.positions={config.positions!r} is not supported; choose one of '
+                     f'{", ".join(positions_lib.KINDS)}')
+  if config.activation not in ACTIVATIONS:
+    raise ValueError(f'model.activation={config.activation!r} is not supported; choose one of '
+                     f'{", ".join(ACTIVATIONS)}')
+  for key in ('dropout', 'activation_dropout'):
+    if not 0.0 <= config[key] < 1.0:
+      raise ValueError(f'model.{key}={config[key]} must lie in [0, 1)')
 
 _xavier_uniform = nnx.initializers.xavier_uniform()
 # Xavier uniform with gain g scales the bound by g, i.e. the variance by g² (= 1/2 here).

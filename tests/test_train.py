@@ -43,10 +43,8 @@ def run(script: str, *args: str, devices: int = 1, check: bool = True) -> subpro
   return proc
 
 
-def read_params(workdir: Path, step: int) -> dict[str, np.ndarray]:
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  with ocp.StandardCheckpointer() as ckptr:
-    state = ckptr.restore(workdir / 'checkpoints' / str(step) / 'state')
+def flatten_params(params: dict) -> dict[str, np.ndarray]:
+  """A nested parameter dict as {'/a/b/kernel': array}."""
   flat = {}
 
   def visit(prefix, node):
@@ -56,8 +54,15 @@ def read_params(workdir: Path, step: int) -> dict[str, np.ndarray]:
     else:
       flat[prefix] = np.asarray(node)
 
-  visit('', state['params'])
+  visit('', params)
   return flat
+
+
+def read_params(workdir: Path, step: int) -> dict[str, np.ndarray]:
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  with ocp.StandardCheckpointer() as ckptr:
+    state = ckptr.restore(workdir / 'checkpoints' / str(step) / 'state')
+  return flatten_params(state['params'])
 
 
 @pytest.fixture(scope='module')

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_train import read_params, run
+from tests.test_train import flatten_params, read_params, run
 
 WORDS_DE = 'ich du er sie es wir ihr haus baum katze hund sieht mag hat ein eine der die das'.split()
 WORDS_EN = 'i you he she it we they house tree cat dog sees likes has a an the the the'.split()
@@ -101,16 +101,7 @@ def test_average_last_is_the_mean_of_the_checkpoints(trained, tmp_path):
   chosen = ckpts.last_steps(3)
   assert chosen == [6, 9, 12]
   avg = ckpts.average_params(chosen, loop.abstract_state(config, params, distributed.data_mesh()))
-  flat = {}
-
-  def visit(prefix, node):
-    if isinstance(node, dict):
-      for k, v in node.items():
-        visit(f'{prefix}/{k}', v)
-    else:
-      flat[prefix] = np.asarray(node)
-
-  visit('', avg)
+  flat = flatten_params(avg)
   saved = [read_params(trained, s) for s in chosen]
   for k, v in flat.items():
     expected = np.mean([np.asarray(p[k], np.float64) for p in saved], axis=0)
@@ -124,7 +115,6 @@ def test_average_last_is_the_mean_of_the_checkpoints(trained, tmp_path):
 
 
 def test_hypotheses_do_not_depend_on_batching(trained):
-  import jax
   from training import checkpoints as ckpt_lib, distributed, loop, steps, translate
   from training import workdir as wd
   config = wd.load_config(trained)
@@ -143,7 +133,6 @@ def test_hypotheses_do_not_depend_on_batching(trained):
     outs.append(translator.translate(params, 'test'))
   assert outs[0] == outs[1]
   assert len(outs[0]) == data.num_examples('test') == 9
-  del jax
 
 
 def test_both_length_penalties_is_an_error(trained):
