@@ -21,6 +21,13 @@ averages the parameters of the N most recent checkpoints (fairseq's average_chec
 The hypotheses are written one per line to W/eval/<split>-<checkpoint>-<protocol>.hyp, and the
 line holds the three BLEUs (tokenized as multi-bleu.perl, tokenized with compound splitting,
 sacreBLEU with its signature; training/bleu.py), the split's loss, and the protocol.
+
+Only the parameters of a checkpoint are read, after their files are checked against the
+checksums saved with them; a damaged step is named with the newest earlier step whose
+parameters are intact. Flags that do not apply to the workdir's task (--beam on a language
+model, --context_window on a translation model) or are out of range are refused before anything
+is loaded: one line on stderr, exit code 2. Progress goes to stderr: a bar on a terminal, a
+plain line every 30 s otherwise.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ import sys
 from pathlib import Path
 
 from absl import app, flags, logging
+
+from training import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (holds config.json and checkpoints/).',
                                required=True)
@@ -54,28 +63,80 @@ _AVERAGE = flags.DEFINE_integer('average_last', None, 'Translation and LM: avera
                                 'loading --checkpoint.')
 
 
+LM_FLAGS = ('context_window', 'batch_size')
+TRANSLATION_FLAGS = ('beam', 'lenpen', 'alpha', 'max_len_a', 'max_len_b')
+
+
+def check_flags(config, given: dict) -> None:
+  """Refuses flags that do not apply to the workdir's task or are out of range, before loading.
+
+  `given` maps the flags set on the command line to their values.
+  """
+  task = config.get('task', 'lm')
+  foreign = TRANSLATION_FLAGS if task == 'lm' else LM_FLAGS
+  wrong = [f'--{name}' for name in foreign if name in given]
+  if wrong:
+    kind = 'a language-model' if task == 'lm' else 'a translation'
+    raise ValueError(f'{" ".join(wrong)} do(es) not apply to {kind} workdir; its flags are '
+                     + ', '.join(f'--{n}' for n in (LM_FLAGS if task == 'lm' else TRANSLATION_FLAGS)))
+  if given.get('batch_size') is not None and given['batch_size'] <= 0:
+    raise ValueError(f'--batch_size={given["batch_size"]}: expected a positive number of windows')
+  cw = given.get('context_window')
+  if cw is not None and not 0 <= cw < config.seq_len:
+    raise ValueError(f'--context_window={cw}: expected 0 ≤ N < seq_len ({config.seq_len}), so '
+                     'that each window scores at least one token')
+  if given.get('beam') is not None and given['beam'] < 1:
+    raise ValueError(f'--beam={given["beam"]}: expected a beam size ≥ 1 (1 = greedy)')
+  if given.get('lenpen') is not None and given.get('alpha') is not None:
+    raise ValueError('give --lenpen (fairseq: score / len**lenpen) or --alpha (GNMT: score / '
+                     '((5 + len) / 6)**alpha), not both')
+  for name in ('max_len_a', 'max_len_b'):
+    if given.get(name) is not None and given[name] < 0:
+      raise ValueError(f'--{name}={given[name]}: expected a value ≥ 0')
+  if given.get('average_last') is not None:
+    if given['average_last'] < 1:
+      raise ValueError(f'--average_last={given["average_last"]}: expected a positive number '
+                       'of checkpoints')
+    if 'checkpoint' in given:
+      raise ValueError('give --average_last=N or --checkpoint, not both')
+
+
 def _load(workdir: Path, checkpoint: str, average_last: int | None):
-  """(config, data, graphdef, rest, params, mesh, label, steps) of a workdir's checkpoint(s)."""
-  from training import checkpoints as ckpt_lib, distributed, steps, workdir as wd
-  from training import loop
+  """(config, data, graphdef, rest, params, mesh, label, steps) of a workdir's checkpoint(s).
+
+  Only the parameters are read (and checked against their checksums): a damaged optimizer
+  state never blocks an evaluation.
+  """
+  from training import builders, checkpoints as ckpt_lib, distributed, workdir as wd
 
   config = wd.load_config(workdir)
-  data = loop.build_data(config)
-  wd.record_or_check(workdir, 'data', data.describe())  # refuse scoring other data
-  model = loop.build_model(config)
-  graphdef, params, rest = steps.split_model(model)
+  data = builders.build_data(config)
+  wd.check_recorded(workdir, 'data', data.describe())  # refuse scoring other data
+  graphdef, params, rest = builders.split_model(builders.build_model(config))
   mesh = distributed.data_mesh()
   ckpts = ckpt_lib.Checkpoints(workdir / 'checkpoints', keep=max(config.keep_checkpoints, 1),
                                read_only=True)
-  target = loop.abstract_state(config, params, mesh)
-  if average_last:
-    chosen = ckpts.last_steps(average_last)
-    params = ckpts.average_params(chosen, target)
-    label = f'avg{average_last}'
-  else:
-    chosen = [ckpts.resolve(checkpoint)]
-    params = ckpts.restore(chosen[0], target, with_data=False)[0]['params']
-    label = checkpoint
+  target = builders.abstract_params(params, mesh)
+  try:
+    if average_last:
+      chosen = ckpts.last_steps(average_last)
+      params = ckpts.average_params(chosen, target)
+      label = f'avg{average_last}'
+    else:
+      chosen = [ckpts.resolve(checkpoint)]
+      params = ckpts.restore_params(chosen[0], target)
+      label = checkpoint
+  except ckpt_lib.DamagedCheckpointError as e:
+    intact = ckpts.newest_intact(below=e.step, items=('params',))
+    advice = (f'evaluate an earlier intact step with --checkpoint={intact}' if intact
+              else 'no earlier step has intact parameters')
+    if average_last:
+      advice += ', or average fewer checkpoints with --average_last'
+    raise ckpt_lib.CheckpointError(f'{e}; {advice}') from None
+  finally:
+    ckpts.close()
+  print(f'read the parameters of step(s) {chosen} (checksums verified); the optimizer state '
+        'was not read', file=sys.stderr, flush=True)
   return config, data, graphdef, rest, params, mesh, label, chosen
 
 
@@ -84,19 +145,20 @@ def run(workdir: Path, checkpoint: str, split: str, context_window: int | None,
   """Scores a language model's checkpoint on `split`; the dict eval.py prints."""
   import jax  # pylint: disable=g-import-not-at-top (keeps --help fast)
   from training import evaluate, steps
+  from training.metric_log import json_safe
 
   config, data, graphdef, rest, params, mesh, label, chosen = _load(workdir, checkpoint,
                                                                      average_last)
   step = chosen[-1]
   cw = config.eval_context_window if context_window is None else context_window
   bs = batch_size or config.batch_size
+  if bs < mesh.size:
+    raise ValueError(f'--batch_size={bs} must be at least the number of devices ({mesh.size})')
   bs -= bs % mesh.size  # whole rows per device
-  if bs <= 0:
-    raise ValueError(f'--batch_size must be at least the number of devices ({mesh.size})')
   eval_step = jax.jit(steps.make_eval_step(graphdef, rest, with_accuracy=data.metric == 'accuracy'))
   batches = data.eval_batches(split, batch_size=bs, seq_len=config.seq_len, context_window=cw)
   out = evaluate.evaluate(eval_step, params, batches, mesh, metric=data.metric,
-                          progress=sys.stderr.isatty(), desc=f'eval {split}')
+                          progress=True, desc=f'eval {split}')
   result = {'split': split, 'metric': data.metric, 'value': out.get(data.metric, out['loss']),
             **out, 'checkpoint': label, 'step': step, 'steps': chosen,
             'protocol': {'seq_len': config.seq_len, 'context_window': cw,
@@ -104,7 +166,7 @@ def run(workdir: Path, checkpoint: str, split: str, context_window: int | None,
   out_dir = workdir / 'eval'
   out_dir.mkdir(exist_ok=True)
   (out_dir / f'{split}-{label if average_last else step}-cw{cw}.json').write_text(
-      json.dumps(result, indent=2) + '\n')
+      json.dumps(json_safe(result), indent=2, allow_nan=False) + '\n')
   return result
 
 
@@ -115,6 +177,7 @@ def run_translation(workdir: Path, checkpoint: str, split: str, *, beam: int | N
   """Translates `split` with a translation checkpoint and scores it; the dict eval.py prints."""
   import jax  # pylint: disable=g-import-not-at-top (keeps --help fast)
   from training import evaluate, steps, translate
+  from training.metric_log import json_safe
 
   config, data, graphdef, rest, params, mesh, label, chosen = _load(workdir, checkpoint,
                                                                      average_last)
@@ -123,7 +186,7 @@ def run_translation(workdir: Path, checkpoint: str, split: str, *, beam: int | N
                                                   max_len_b=max_len_b)
   translator = translate.Translator(graphdef, rest, data, settings,
                                     max_positions=config.model.max_len, mesh=mesh)
-  progress = sys.stderr.isatty()
+  progress = True  # a bar on a terminal, plain lines in a log (training/progress.py)
   hypotheses = translator.translate(params, split, progress=progress)
   scores = translator.score(hypotheses, split)
   eval_step = jax.jit(steps.make_eval_step(graphdef, rest, with_accuracy=False))
@@ -143,21 +206,24 @@ def run_translation(workdir: Path, checkpoint: str, split: str, *, beam: int | N
             'checkpoint': label, 'steps': chosen,
             'protocol': {**protocol, 'direction': f'{data.src_lang}-{data.tgt_lang}',
                          'text_level': data.text_level, 'data': config.data.name}}
-  (out_dir / f'{tag}.json').write_text(json.dumps(result, indent=2) + '\n')
+  (out_dir / f'{tag}.json').write_text(json.dumps(json_safe(result), indent=2, allow_nan=False) + '\n')
   return result
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  del argv  # cli.parse_flags refuses stray arguments
   if not flags.FLAGS['verbosity'].present:  # Orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
-  from training.checkpoints import CheckpointError  # pylint: disable=g-import-not-at-top
   from training import workdir as wd  # pylint: disable=g-import-not-at-top
+  from training.metric_log import json_safe  # pylint: disable=g-import-not-at-top
   workdir = Path(_WORKDIR.value)
-  try:
-    task = wd.load_config(workdir).get('task', 'lm')
-    if task == 'translation':
+  given = {name: flags.FLAGS[name].value for name in
+           LM_FLAGS + TRANSLATION_FLAGS + ('average_last', 'checkpoint')
+           if flags.FLAGS[name].present}
+  with cli.user_errors():
+    config = wd.load_config(workdir)
+    check_flags(config, given)
+    if config.get('task', 'lm') == 'translation':
       result = run_translation(workdir, _CHECKPOINT.value, _SPLIT.value, beam=_BEAM.value,
                                lenpen=_LENPEN.value, alpha=_ALPHA.value,
                                max_len_a=_MAX_LEN_A.value, max_len_b=_MAX_LEN_B.value,
@@ -165,11 +231,8 @@ def main(argv):
     else:
       result = run(workdir, _CHECKPOINT.value, _SPLIT.value, _CONTEXT.value, _BATCH.value,
                    average_last=_AVERAGE.value)
-  except (ValueError, FileNotFoundError, CheckpointError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  print(json.dumps(result), flush=True)
+  print(json.dumps(json_safe(result), allow_nan=False), flush=True)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -18,6 +18,12 @@ The workdir receives config.json and data.json (what the run was), checkpoints/ 
 validation metrics; `tensorboard --logdir <workdir>/tensorboard`), and final.json. Running the
 same command again continues from the last checkpoint; a different config in the same workdir
 is refused (change only train_steps or the logging/eval/checkpoint intervals).
+
+Everything is checked before anything is written: a refused run (exit code 2, one line on
+stderr) leaves the disk as it was. SIGTERM or Ctrl-C saves the current step and exits 143 / 130
+(a second signal exits at once); a non-finite loss or gradient stops the run with exit code 3
+(`--config.nan_policy=skip_update` drops such updates instead). Checkpoints are verified by
+checksums when a run resumes; see docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -28,16 +34,23 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from training import cli
+
 _REPO = Path(__file__).resolve().parent
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = cli.define_config_file(
     'config', str(_REPO / 'configs' / 'default.py'),
     'Task config file, optionally with presets: configs/<task>.py[:key=value,...]. '
-    'Override any key with --config.<key>=<value>.', lock_config=True)
+    'Override any key with --config.<key>=<value>.')
 _WORKDIR = flags.DEFINE_string(
     'workdir', None,
     'Directory for checkpoints, metrics and the recorded config. Reusing it resumes the run. '
     'Default: workdirs/<config file name>.')
 _SHOW_CONFIG = flags.DEFINE_bool('show_config', False, 'Print the resolved config and exit.')
+_RESUME_INTACT = flags.DEFINE_bool(
+    'resume_intact', False,
+    'If the newest checkpoint is damaged (its files do not match their checksums), resume from '
+    'the newest intact one instead of stopping; the damaged step folders are moved to '
+    '<workdir>/set_aside/, never deleted, and the choice is printed.')
 
 
 def default_workdir(config_flag_value: str) -> Path:
@@ -47,24 +60,26 @@ def default_workdir(config_flag_value: str) -> Path:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  del argv  # cli.parse_flags refuses stray arguments
   if not flags.FLAGS['verbosity'].present:  # Orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   if _SHOW_CONFIG.value:
     print(config)
     return
-  from training import loop  # pylint: disable=g-import-not-at-top (keeps --help fast)
-  from training.checkpoints import CheckpointError  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top (keeps --help fast)
+  from training import loop, signals
   workdir = (Path(_WORKDIR.value) if _WORKDIR.value
              else default_workdir(config_flags.get_config_filename(flags.FLAGS['config'])))
-  try:
-    loop.train_and_evaluate(config, workdir)
-  except (ValueError, FileNotFoundError, CheckpointError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  with cli.user_errors():
+    try:
+      loop.train_and_evaluate(config, workdir, resume_intact=_RESUME_INTACT.value)
+    except loop.NonFiniteError as e:
+      cli.fail(str(e), cli.EXIT_NONFINITE)
+    except signals.Interrupted as e:
+      print(str(e), file=sys.stderr, flush=True)
+      sys.exit(e.exit_code)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -49,21 +49,20 @@ BOS, PAD, EOS = 2, 1, 2   # fairseq: the decoder starts from </s>
 
 def _model(config):
   import jax  # pylint: disable=g-import-not-at-top
-  from training import loop, steps  # pylint: disable=g-import-not-at-top
+  from training import builders  # pylint: disable=g-import-not-at-top
   from training import checkpoints as ckpt_lib, distributed, workdir as wd  # pylint: disable=g-import-not-at-top
 
   if _WORKDIR.value:
     config = wd.load_config(Path(_WORKDIR.value))   # vocabulary sizes recorded by train.py
   else:
     config.model.src_vocab_size = config.model.tgt_vocab_size = _VOCAB.value
-  model = loop.build_model(config)
-  graphdef, params, rest = steps.split_model(model)
+  model = builders.build_model(config)
+  graphdef, params, rest = builders.split_model(model)
   if _WORKDIR.value:
     mesh = distributed.data_mesh()
     ckpts = ckpt_lib.Checkpoints(Path(_WORKDIR.value) / 'checkpoints', keep=1, read_only=True)
     step = ckpts.resolve('last')
-    params = ckpts.restore(step, loop.abstract_state(config, params, mesh),
-                           with_data=False)[0]['params']
+    params = ckpts.restore_params(step, builders.abstract_params(params, mesh))
   return config, graphdef, rest, jax.device_put(params)
 
 

@@ -111,9 +111,9 @@ def _parameters(workdir: Path) -> int:
   """Parameter count of the workdir's model, from its recorded config (shapes only)."""
   import jax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from training import loop, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from training import builders, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   config = workdir_lib.load_config(workdir)
-  model = nnx.eval_shape(lambda: loop.build_model(config))
+  model = nnx.eval_shape(lambda: builders.build_model(config))
   return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
@@ -134,7 +134,7 @@ def _side_by_side_throughput(root: Path, kinds: list[str]) -> dict[str, float]:
   """
   import time  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from training import distributed, loop, optim, steps  # pylint: disable=g-import-not-at-top
+  from training import builders, distributed, optim, steps  # pylint: disable=g-import-not-at-top
   from training import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
   mesh = distributed.data_mesh()
@@ -144,13 +144,13 @@ def _side_by_side_throughput(root: Path, kinds: list[str]) -> dict[str, float]:
     if kind == 'sea':
       config.attention.sea.distill = False
     if batch is None:
-      data = loop.build_data(config)
+      data = builders.build_data(config)
       it = data.train_iterator(batch_size=config.batch_size, seq_len=config.seq_len, seed=0)
       batch = distributed.global_batch({k: v[None] for k, v in next(it).items()}, mesh,
                                        batch_axis=1)
-    graphdef, params, rest = steps.split_model(loop.build_model(config))
+    graphdef, params, rest = builders.split_model(builders.build_model(config))
     optimizer = optim.make_optimizer(config.optimizer, config.train_steps)
-    state = loop.initial_state(config, params, optimizer)
+    state = builders.initial_state(config, params, optimizer)
     step = jax.jit(steps.make_train_step(graphdef, rest, optimizer, grad_accum_steps=1,
                                          label_smoothing=0.0))
     jax.block_until_ready(step(state, batch))  # compile and warm up

@@ -58,19 +58,19 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   import jax  # pylint: disable=g-import-not-at-top
-  from training import distributed, loop, optim, steps  # pylint: disable=g-import-not-at-top
+  from training import builders, distributed, loop, optim, steps  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
   config.progress_bar = False
-  data = loop.build_data(config)
+  data = builders.build_data(config)
   mesh = distributed.data_mesh()
-  model = loop.build_model(config)
-  graphdef, params, rest = steps.split_model(model)
+  model = builders.build_model(config)
+  graphdef, params, rest = builders.split_model(model)
   leaves = jax.tree_util.tree_leaves_with_path(params)
   n_params = sum(x.size for _, x in leaves)
   n_positions = sum(x.size for p, x in leaves if 'position' in jax.tree_util.keystr(p).lower())
   optimizer = optim.make_optimizer(config.optimizer, config.train_steps)
-  state = jax.device_put(loop.initial_state(config, params, optimizer), distributed.replicated(mesh))
+  state = jax.device_put(builders.initial_state(config, params, optimizer), distributed.replicated(mesh))
   accum = config.optimizer.grad_accum_steps
   it = data.train_iterator(batch_size=config.batch_size, seq_len=config.seq_len, seed=0)
   local = {k: v.reshape((accum, -1) + v.shape[1:]) for k, v in next(it).items()}

@@ -163,7 +163,12 @@ def _run_config(task: str) -> ml_collections.ConfigDict:
   c.checkpoint_every = 500
   c.keep_checkpoints = 3      # last N kept, plus the best on validation
   c.label_smoothing = 0.0
-  c.progress_bar = True
+  c.progress_bar = True       # a bar on a terminal; plain progress lines otherwise
+  # An update whose loss or gradient is inf/NaN is never applied. `stop`: the run ends with
+  # exit code 3 naming the step (the last checkpoint stays the newest); `skip_update`: the
+  # update is dropped, training goes on, and the skips are counted (`skipped_updates`).
+  c.nan_policy = 'stop'       # stop | skip_update
+  c.inject_nonfinite_step = 0  # testing only: update k's loss is made +inf (0 = off)
   return c
 
 

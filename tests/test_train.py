@@ -61,8 +61,8 @@ def flatten_params(params: dict) -> dict[str, np.ndarray]:
 def read_params(workdir: Path, step: int) -> dict[str, np.ndarray]:
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   with ocp.StandardCheckpointer() as ckptr:
-    state = ckptr.restore(workdir / 'checkpoints' / str(step) / 'state')
-  return flatten_params(state['params'])
+    params = ckptr.restore(workdir / 'checkpoints' / str(step) / 'params')
+  return flatten_params(params)
 
 
 @pytest.fixture(scope='module')
@@ -189,12 +189,14 @@ def test_corrupt_checkpoint_is_reported_and_kept(uninterrupted, tmp_path):
   workdir = tmp_path / 'corrupt'
   shutil.copytree(uninterrupted, workdir)
   args = [a for a in TINY if not a.startswith('--config.train_steps')] + ['--config.train_steps=50']
-  # Damage every data file of the last checkpoint's state.
-  for f in (workdir / 'checkpoints' / '40' / 'state').rglob('*'):
+  # Damage every data file of the last checkpoint's parameters.
+  for f in (workdir / 'checkpoints' / '40' / 'params').rglob('*'):
     if f.is_file() and f.stat().st_size > 0 and 'metadata' not in f.name:
       f.write_bytes(b'\0' * 7)
   before = _listing(workdir)
   proc = run('train.py', *args, f'--workdir={workdir}', check=False)
   assert proc.returncode == 2, proc.stderr[-2000:]
-  assert 'could not be read' in proc.stderr and '40' in proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1, proc.stderr
+  assert 'checkpoint step 40 is damaged' in lines[0] and '--resume_intact' in lines[0]
   assert _listing(workdir) == before

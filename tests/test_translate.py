@@ -92,15 +92,15 @@ def test_eval_translates_every_sentence_in_order(trained, corpus):
 
 
 def test_average_last_is_the_mean_of_the_checkpoints(trained, tmp_path):
-  from training import checkpoints as ckpt_lib, loop, steps, workdir as wd
+  from training import builders, checkpoints as ckpt_lib, workdir as wd
   config = wd.load_config(trained)
-  model = loop.build_model(config)
-  _, params, _ = steps.split_model(model)
+  model = builders.build_model(config)
+  _, params, _ = builders.split_model(model)
   from training import distributed
   ckpts = ckpt_lib.Checkpoints(trained / 'checkpoints', keep=5, read_only=True)
   chosen = ckpts.last_steps(3)
   assert chosen == [6, 9, 12]
-  avg = ckpts.average_params(chosen, loop.abstract_state(config, params, distributed.data_mesh()))
+  avg = ckpts.average_params(chosen, builders.abstract_params(params, distributed.data_mesh()))
   flat = flatten_params(avg)
   saved = [read_params(trained, s) for s in chosen]
   for k, v in flat.items():
@@ -115,15 +115,14 @@ def test_average_last_is_the_mean_of_the_checkpoints(trained, tmp_path):
 
 
 def test_hypotheses_do_not_depend_on_batching(trained):
-  from training import checkpoints as ckpt_lib, distributed, loop, steps, translate
+  from training import builders, checkpoints as ckpt_lib, distributed, translate
   from training import workdir as wd
   config = wd.load_config(trained)
-  data = loop.build_data(config)
-  graphdef, params, rest = steps.split_model(loop.build_model(config))
+  data = builders.build_data(config)
+  graphdef, params, rest = builders.split_model(builders.build_model(config))
   mesh = distributed.data_mesh()
   ckpts = ckpt_lib.Checkpoints(trained / 'checkpoints', keep=5, read_only=True)
-  params = ckpts.restore(12, loop.abstract_state(config, params, mesh),
-                         with_data=False)[0]['params']
+  params = ckpts.restore_params(12, builders.abstract_params(params, mesh))
   outs = []
   for max_tokens in (16, 4096):   # one sentence per batch vs. all in one
     settings = translate.DecodeSettings(beam_size=2, max_len_a=1.0, max_len_b=3,

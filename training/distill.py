@@ -1,6 +1,7 @@
-"""Attention distillation from a trained dense teacher (SEA, Lee et al. 2024, §3.2 and §1.5 of
-the reference notes): the student LM learns from the task loss and from the teacher's
-per-layer attention, attention context, hidden states and output distribution.
+"""Attention distillation from a trained dense teacher (SEA, Lee et al. 2024, "SEA: Sparse Linear
+Attention with Estimated Attention Mask", arXiv:2310.01777, §3.2): the student LM learns from
+the task loss and from the teacher's per-layer attention, attention context, hidden states and
+output distribution.
 
 The student is `attention.kind=sea` with `attention.sea.distill=True`; its teacher is a finished
 softmax run of the *same* LM, named by `attention.sea.teacher` (that run's workdir). On a fresh
@@ -42,6 +43,7 @@ import ml_collections
 from flax import nnx
 
 from attention import sea
+from training import builders
 from training import checkpoints as ckpt_lib
 from training import workdir as workdir_lib
 
@@ -77,9 +79,6 @@ def load_teacher(config: ml_collections.ConfigDict, data_description: dict, mesh
   not softmax attention, a teacher trained on different data (tokens would mean different words)
   or with a different model shape.
   """
-  # pylint: disable-next=g-import-not-at-top (loop and steps import this module)
-  from training import loop, steps
-
   name = config.attention.sea.teacher
   if not name:
     raise ValueError('attention.sea.distill=True needs a teacher: set attention.sea.teacher to '
@@ -112,12 +111,11 @@ def load_teacher(config: ml_collections.ConfigDict, data_description: dict, mesh
     if not checkpoints.all_steps():
       raise ValueError(f'attention.sea.teacher={name!r} has no checkpoints; finish training it')
     step = checkpoints.best_step() or checkpoints.latest_step()
-    graphdef, params, rest = steps.split_model(loop.build_model(teacher_config))
-    state, _ = checkpoints.restore(step, loop.abstract_state(teacher_config, params, mesh),
-                                   with_data=False)
+    graphdef, params, rest = builders.split_model(builders.build_model(teacher_config))
+    params = checkpoints.restore_params(step, builders.abstract_params(params, mesh))
   finally:
     checkpoints.close()
-  return Teacher(graphdef, state['params'], rest, int(step), path)
+  return Teacher(graphdef, params, rest, int(step), path)
 
 
 def init_from_teacher(student_params: dict, teacher_params: dict) -> tuple[dict, int, int]:

@@ -1,6 +1,6 @@
 """Pure functions that run inside `jax.jit`: the train step and the evaluation step.
 
-The model lives as (graphdef, params, rest): `params` is a pure nested dict of float32 arrays
+The model lives as (graphdef, params, rest) (training/builders.py `split_model`): `params` is a pure nested dict of float32 arrays
 (what the optimizer updates and the checkpoint stores), `rest` the non-parameter NNX state
 (RNG streams). Dropout keys are derived from the run's base key and the step number
 (`fold_in(rng, step)`, then the micro-batch index), so a resumed run draws exactly the masks
@@ -24,13 +24,7 @@ from training import distill
 # LM: inputs, targets [B, T] int32, weights [B, T] float32. Translation: source [B, S],
 # target_in (bos + target[:-1]) and targets [B, T] int32, weights [B, T] float32.
 Batch = dict[str, jax.Array]
-TrainState = dict[str, Any]    # params, opt_state, step, rng
-
-
-def split_model(model: nnx.Module):
-  """(graphdef, params as a pure dict, rest of the NNX state)."""
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  return graphdef, nnx.to_pure_dict(params), rest
+TrainState = dict[str, Any]    # params, opt_state, step, rng, skipped_updates
 
 
 def _merge(graphdef, params, rest, key=None):
@@ -57,13 +51,20 @@ def _forward_nll(graphdef, params, rest, batch: Batch, *, key, label_smoothing: 
 
 def make_train_step(graphdef, rest, optimizer: optax.GradientTransformation, *,
                     grad_accum_steps: int, label_smoothing: float,
-                    teacher: Any = None, distill_config: Any = None) -> Callable:
+                    teacher: Any = None, distill_config: Any = None,
+                    inject_nonfinite_step: int = 0) -> Callable:
   """`train_step(state, batch, teacher_params=None) -> (state, metrics)`.
 
   Batch arrays are [micro-batches, B, T]. With a `teacher` (training/distill.py `Teacher`) the
   step minimises the distillation objective of `distill_config` (`attention.sea`) and
   `teacher_params` must be passed; metrics then also hold the objective and its terms as sums
   (`<name>_sum`, to divide by `weight`). `loss_sum` is always the task NLL.
+
+  An update whose loss, gradient norm or update norm is not finite is not applied: parameters
+  and optimizer state stay as they were (the step counter still advances), and
+  `metrics['nonfinite']` is 1. The loop decides whether that stops the run or is counted as a
+  skipped update (`nan_policy`). `inject_nonfinite_step` = k > 0 makes the loss of update k
+  (1-based) +inf, for the fault-injection tests.
   """
 
   def loss_sums(params, micro: Batch, key, teacher_params):
@@ -103,12 +104,27 @@ def make_train_step(graphdef, rest, optimizer: optax.GradientTransformation, *,
     (grads, loss_sum, weight, extra), _ = jax.lax.scan(
         body, (zeros, jnp.float32(0), jnp.float32(0), extra0),
         (jnp.arange(grad_accum_steps), batch))
+    if inject_nonfinite_step > 0:
+      poison = jnp.where(state['step'] + 1 == inject_nonfinite_step, jnp.inf, 0.0)
+      loss_sum = loss_sum + poison
+      grads = jax.tree.map(lambda g: g + poison.astype(g.dtype), grads)
     denom = jnp.maximum(weight, 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
+    grad_norm = optax.global_norm(grads)
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
-    new_state = dict(state, params=params, opt_state=opt_state, step=state['step'] + 1)
-    metrics = {'loss_sum': loss_sum, 'weight': weight, 'grad_norm': optax.global_norm(grads),
+    update_norm = optax.global_norm(updates)
+    finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm) & jnp.isfinite(update_norm)
+    for v in extra.values():
+      finite &= jnp.isfinite(v)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    skipped = state['skipped_updates'] + (1 - finite.astype(jnp.int32))
+    new_state = dict(state, params=keep(params, state['params']),
+                     opt_state=keep(opt_state, state['opt_state']), step=state['step'] + 1,
+                     skipped_updates=skipped)
+    metrics = {'loss_sum': loss_sum, 'weight': weight, 'grad_norm': grad_norm,
+               'update_norm': update_norm,
+               'nonfinite': 1.0 - finite.astype(jnp.float32), 'skipped_updates': skipped,
                **extra}
     return new_state, metrics
 

@@ -2,7 +2,8 @@
 
 `W/config.json` holds the config of the run that created W and `W/data.json` the data it read.
 A rerun of the same command resumes; a rerun that changes anything that shapes the model, the
-optimizer or the data stream is refused with the list of differences. Keys that only change the
+optimizer or the data stream is refused with the list of differences, before anything is
+written (`check_recorded` reads, `record` writes). Keys that only change the
 run's length or its bookkeeping may change between runs (`RESUMABLE_KEYS`).
 """
 
@@ -18,7 +19,8 @@ import ml_collections
 # Keys a resumed run may change: how long to train and how often to log, evaluate and save.
 RESUMABLE_KEYS = ('train_steps', 'log_every', 'eval_every', 'eval_batches', 'checkpoint_every',
                   'keep_checkpoints', 'progress_bar', 'eval_context_window',
-                  'decode')  # decoding settings: validation BLEU only, never the training
+                  'decode',  # decoding settings: validation BLEU only, never the training
+                  'nan_policy', 'inject_nonfinite_step')  # only act on a non-finite update
 
 
 class IncompatibleWorkdirError(ValueError):
@@ -58,12 +60,11 @@ def differences(saved: dict, current: dict, ignore: tuple[str, ...] = ()) -> lis
   return out
 
 
-def record_or_check(workdir: Path, name: str, current: dict, ignore: tuple[str, ...] = ()) -> None:
-  """Writes `W/<name>.json` on the first run; on later runs refuses any difference."""
+def check_recorded(workdir: Path, name: str, current: dict, ignore: tuple[str, ...] = ()) -> bool:
+  """Refuses any difference from `W/<name>.json`; whether that file exists. Writes nothing."""
   path = workdir / f'{name}.json'
   if not path.exists():
-    atomic_write_json(path, current)
-    return
+    return False
   try:
     saved = json.loads(path.read_text())
   except json.JSONDecodeError as e:
@@ -74,6 +75,14 @@ def record_or_check(workdir: Path, name: str, current: dict, ignore: tuple[str, 
         f'workdir {workdir} holds a run with a different {name}; refusing to resume it.\n  '
         + '\n  '.join(diff)
         + f'\nUse a new --workdir, or rerun with the recorded {name}.')
+  return True
+
+
+def record(workdir: Path, name: str, current: dict) -> None:
+  """Writes `W/<name>.json` unless it exists (check it first with `check_recorded`)."""
+  path = workdir / f'{name}.json'
+  if not path.exists():
+    atomic_write_json(path, current)
 
 
 def load_config(workdir: Path) -> ml_collections.ConfigDict:

@@ -1,0 +1,120 @@
+"""What a run is built from: config checks, the data, the model and its initial state.
+
+Shared by the training loop, eval.py, distillation (the teacher) and the benchmarks, so none of
+them reaches into the loop for it. Nothing here writes to disk.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+import attention
+import data as data_lib
+from models.lm import TransformerLM
+from models.seq2seq import EncoderDecoder
+from training import distributed, optim
+
+TASKS = ('lm', 'translation')
+NAN_POLICIES = ('stop', 'skip_update')
+
+
+def check_config(config: ml_collections.ConfigDict, n_devices: int) -> int:
+  """The checks that need neither data nor a model; rows per micro-batch on this process."""
+  if config.task not in TASKS:
+    raise ValueError(f'unknown task {config.task!r}; known: {", ".join(TASKS)}')
+  attention.core_class(config.attention.kind)  # unknown kind: the error lists the known ones
+  if config.task == 'translation':
+    for role in ('encoder_attention', 'decoder_attention', 'cross_attention'):
+      if config.model[role]:
+        try:
+          attention.core_class(config.model[role])
+        except ValueError as e:
+          raise ValueError(f'model.{role}: {e}') from None
+  if config.nan_policy not in NAN_POLICIES:
+    raise ValueError(f'nan_policy={config.nan_policy!r}; expected one of: '
+                     f'{", ".join(NAN_POLICIES)}')
+  for key in ('train_steps', 'log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints'):
+    if config[key] < 1:
+      raise ValueError(f'{key}={config[key]} must be at least 1')
+  accum = config.optimizer.grad_accum_steps
+  if accum < 1:
+    raise ValueError(f'optimizer.grad_accum_steps={accum} must be at least 1')
+  if config.task == 'translation':  # batches by token count: the data layer sizes them
+    if config.data.max_tokens < 1:
+      raise ValueError(f'data.max_tokens={config.data.max_tokens} must be positive')
+    return 0
+  n_proc = jax.process_count()
+  if config.batch_size < 1 or config.seq_len < 1:
+    raise ValueError(f'batch_size={config.batch_size} and seq_len={config.seq_len} must be '
+                     'positive')
+  if config.batch_size % (accum * n_devices) or config.batch_size % (accum * n_proc):
+    raise ValueError(f'batch_size={config.batch_size} must be divisible by '
+                     f'optimizer.grad_accum_steps ({accum}) × devices ({n_devices})')
+  return config.batch_size // accum // n_proc
+
+
+def _fill_from_data(config: ml_collections.ConfigDict, key: str, value: int, what: str) -> None:
+  if config.model[key] == -1:
+    config.model[key] = value
+  elif config.model[key] != value:
+    raise ValueError(f'model.{key}={config.model[key]} but the data has {value} {what}; leave '
+                     f'model.{key}=-1 to take it from the data')
+
+
+def build_data(config: ml_collections.ConfigDict):
+  """The task's data, and the model's vocabulary sizes filled in from it."""
+  if config.task not in TASKS:
+    raise ValueError(f'unknown task {config.task!r}; known: {", ".join(TASKS)}')
+  if config.task == 'translation':
+    data = data_lib.build_translation_data(config.data, max_positions=config.model.max_len)
+    _fill_from_data(config, 'src_vocab_size', len(data.src_vocab),
+                    f'{data.src_lang} (source) symbols')
+    _fill_from_data(config, 'tgt_vocab_size', len(data.tgt_vocab),
+                    f'{data.tgt_lang} (target) symbols')
+    if config.model.pad_id != data.pad_id:
+      raise ValueError(f'model.pad_id={config.model.pad_id} but the data pads with id '
+                       f'{data.pad_id}')
+    return data
+  data = data_lib.build_lm_data(config.data, seed=config.seed)
+  _fill_from_data(config, 'vocab_size', data.vocab_size, 'types')
+  return data
+
+
+def build_model(config: ml_collections.ConfigDict) -> nnx.Module:
+  model_cls = EncoderDecoder if config.task == 'translation' else TransformerLM
+  return model_cls(config.model, config.attention,
+                   rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
+
+
+def split_model(model: nnx.Module):
+  """(graphdef, params as a pure dict, rest of the NNX state): how the loop holds a model."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  return graphdef, nnx.to_pure_dict(params), rest
+
+
+def initial_state(config, params, optimizer) -> dict:
+  """A fresh run's state (training/steps.py `TrainState`)."""
+  return {
+      'params': params,
+      'opt_state': optimizer.init(params),
+      'step': jnp.asarray(0, jnp.int32),
+      'rng': jax.random.PRNGKey(config.seed + 2),
+      'skipped_updates': jnp.asarray(0, jnp.int32),
+  }
+
+
+def abstract_state(config, params, mesh) -> dict:
+  """Shapes, dtypes and shardings of a run's state, without allocating it (restore target)."""
+  optimizer = optim.make_optimizer(config.optimizer, config.train_steps)
+  shapes = jax.eval_shape(lambda p: initial_state(config, p, optimizer), params)
+  sharding = distributed.replicated(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+
+
+def abstract_params(params, mesh):
+  """The restore target of parameters alone (eval.py, a distillation teacher)."""
+  sharding = distributed.replicated(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), params)
