@@ -1,8 +1,10 @@
 """Continuous priors on the attention scores (score mods), fixed or learnable.
 
-A `ScoreMod` maps the scaled scores `s = q·kᵀ/√H: [B, N, T, S]` (float32) to new scores before the
-mask and the softmax. Most are *additive log-space biases*, s + B, which is exactly a
-multiplicative prior e^B on the unnormalised attention probabilities (softmax(s + B) ∝ e^s·e^B).
+A `ScoreMod` maps the scaled scores `s = q·kᵀ/√H: [B, N, T, S]` to new scores before the mask
+and the softmax, in the scores' dtype (float32, or float64 for float64 inputs: the cores compute
+in `attention.registry.accumulation_dtype`). Most are *additive log-space biases*, s + B, which
+is exactly a multiplicative prior e^B on the unnormalised attention probabilities
+(softmax(s + B) ∝ e^s·e^B).
 In configs a score mod is written as an expression, e.g. `attention.bias="alibi()"`,
 `"learnable(gaussian_window(8))"` or `"alibi() + distance_decay(0.5)"`, read by `parse`.
 
@@ -26,6 +28,11 @@ state (as static NumPy data), so checkpoints and optimizers see only what is tra
 
 Positions are absolute: query t of a call sits at `q_offset + t` and key s at `kv_offset + s`
 (`q_offset > 0` when decoding with a KV cache).
+
+Floats: biases computed from positions (ALiBi, distance priors) are formed in JAX's default
+float dtype (float32; float64 with `jax_enable_x64`) and cast to the scores' dtype when applied,
+so float64 scores get float64 biases. Array priors and learnable tables are stored as float32,
+like parameters, and promoted where they are added.
 """
 
 from __future__ import annotations
@@ -42,17 +49,24 @@ import numpy as np
 from flax import nnx
 
 from attention.masks import evaluate_expression
+from attention.registry import accumulation_dtype
 
 
 def _is_static_int(x) -> bool:
   return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
+def _default_float():
+  """float32, or float64 with `jax_enable_x64`: the dtype of biases computed from positions."""
+  return jnp.result_type(float)
+
+
 def _relative_positions(q_len: int, kv_len: int, q_offset=0, kv_offset=0) -> jnp.ndarray:
-  """i − j as float32 `[T, S]`; differences are formed in int32 so large offsets stay exact."""
+  """i − j as `[T, S]` in the default float dtype; differences are formed in int32 so large
+  offsets stay exact."""
   i = q_offset + jnp.arange(q_len, dtype=jnp.int32)[:, None]
   j = kv_offset + jnp.arange(kv_len, dtype=jnp.int32)[None, :]
-  return (i - j).astype(jnp.float32)
+  return (i - j).astype(_default_float())
 
 
 def _rank4(bias: jnp.ndarray) -> jnp.ndarray:
@@ -92,9 +106,10 @@ class _Constant:
 class ScoreMod(nnx.Module):
   """A continuous prior on the scaled attention scores `[B, N, T, S]`.
 
-  Call it as `score_mod(scores, q_offset=0, kv_offset=0) -> scores`. Additive mods (the default)
-  implement `bias(q_len, kv_len, q_offset, kv_offset)`; `dense(T, S, N)` materialises that bias
-  as `[1, N, T, S]` float32 for kernels that take a bias tensor (cuDNN).
+  Call it as `score_mod(scores, q_offset=0, kv_offset=0) -> scores`, in the scores' dtype (at
+  least float32). Additive mods (the default) implement `bias(q_len, kv_len, q_offset,
+  kv_offset)`; `dense(T, S, N)` materialises that bias as `[1, N, T, S]` float32 for kernels
+  that take a bias tensor (cuDNN) and for learnable tables.
   """
 
   # Whether `__call__` is `scores + bias`; kernels that add a bias tensor need this.
@@ -103,13 +118,15 @@ class ScoreMod(nnx.Module):
   num_heads: int | None = None
 
   def bias(self, q_len: int, kv_len: int, q_offset=0, kv_offset=0) -> jnp.ndarray:
-    """The additive bias as float32, rank 4, broadcastable to `[1, N, T, S]`."""
+    """The additive bias (float32, or float64 under `jax_enable_x64` for the position-based
+    mods), rank 4, broadcastable to `[1, N, T, S]`."""
     raise NotImplementedError
 
   def __call__(self, scores: jnp.ndarray, q_offset=0, kv_offset=0) -> jnp.ndarray:
     self._check_heads(scores.shape[-3])
     q_len, kv_len = scores.shape[-2:]
-    return scores + self.bias(q_len, kv_len, q_offset, kv_offset)
+    bias = self.bias(q_len, kv_len, q_offset, kv_offset)
+    return scores + bias.astype(accumulation_dtype(scores))
 
   def dense(self, q_len: int, kv_len: int, num_heads: int) -> jnp.ndarray:
     """The bias at positions [0, T) × [0, S) as float32 `[1, num_heads, T, S]`."""
@@ -190,7 +207,7 @@ class _Alibi(ScoreMod):
     self.initial_slopes = alibi_slopes(num_heads)  # a tuple: static, not state
 
   def slopes(self) -> jnp.ndarray:
-    return jnp.asarray(self.initial_slopes, jnp.float32)
+    return jnp.asarray(self.initial_slopes, _default_float())
 
   def bias(self, q_len, kv_len, q_offset=0, kv_offset=0):
     d = _relative_positions(q_len, kv_len, q_offset, kv_offset)
@@ -389,7 +406,8 @@ class _Multiplicative(ScoreMod):
   def __call__(self, scores, q_offset=0, kv_offset=0):
     self._check_heads(scores.shape[-3])
     q_len, kv_len = scores.shape[-2:]
-    return scores * self.factor.bias(q_len, kv_len, q_offset, kv_offset)
+    factor = self.factor.bias(q_len, kv_len, q_offset, kv_offset)
+    return scores * factor.astype(accumulation_dtype(scores))
 
   def bias(self, q_len, kv_len, q_offset=0, kv_offset=0):
     raise ValueError('a multiplicative score mod has no additive bias')

@@ -1,9 +1,12 @@
-"""daGPAM: dual-attention generalized probabilistic attention (Heo & Choi 2024, arXiv 2410.15578).
+"""daGPAM: dual-attention generalized probabilistic attention (Heo & Choi 2024, "Generalized
+Probabilistic Attention Mechanism in Transformers", arXiv:2410.15578).
 
 `attention.kind=dagpam`. GPAM lets attention weights be negative while keeping a fixed row sum
 and a finite range, so a head outputs an *affine* (not convex) combination of the values. daGPAM
-builds such a map from two softmax maps over the same keys (reading A of
-docs/references/dagpam.md §1.3):
+builds such a map from two softmax maps over the same keys. The paper's equations were not
+available in full; this is the most plausible reconstruction ("reading A") from its abstract and
+its ICLR 2025 reviews, which describe ReLU on the queries, a learned W_Q⁻ and two maps weighted
+by λ⁺ and λ⁻ (see "Uncertain" below):
 
     Q⁻ = ReLU(Q) W_Q⁻ (+ b_Q⁻)                     per head, W_Q⁻ ∈ R^{H×H}, H = head width
     A⁺ = Q Kᵀ/√H (+ score mod),   A⁻ = Q⁻ Kᵀ/√H (+ score mod),   the same mask on both
@@ -20,8 +23,8 @@ in [−λ⁻, 1 + λ⁺]. A query that sees no key gets an all-zero row of P and
 Options (`attention.dagpam.*`):
   combination: 'affine' (reading A, default) | 'difference' (reading B).
   share_wq_neg: True: one W_Q⁻ [H, H] per attention module, shared by its heads (the count that
-    reproduces the paper's +0.1 % to +0.84 % parameters, dagpam.md §1.5); False: one per head
-    [N, H, H].
+    reproduces the +0.1 % to +0.84 % parameters the reviews quote: +0.75 % for fairseq's IWSLT14
+    shape, +0.12 % for WMT14 base, benchmarks/param_overhead.py); False: one per head [N, H, H].
   wq_neg_init: 'neg_identity' (W_Q⁻ = −I, default) | 'default' (Xavier-uniform with the
     fairseq Q/K/V gain 1/√2, as the layer's other projections). −I is the paper's analytic
     regime (Lemma 6 takes ReLU ≈ identity and W_Q⁻ ≈ −I, so A⁻ ≈ −A⁺): the negative map
@@ -30,9 +33,9 @@ Options (`attention.dagpam.*`):
   wq_neg_bias: add a bias b_Q⁻ (zero-initialised) to the negative-query projection.
   lambda_pos, lambda_neg: λ⁺, λ⁻ ≥ 0, the fixed values or the initial values of trainable λs.
     The paper's values are not known (they differ per task); the defaults 0.5 / 0.5 make every
-    row of P sum to exactly 1 under reading A (the same S = 0.5 as the third-party
-    implementation in dagpam.md §4.2). Under reading B, 0.5 / 0.5 gives rows summing to 0: use
-    e.g. 1.5 / 0.5 to get reading A's map.
+    row of P sum to exactly 1 under reading A (as an independent third-party daGPAM
+    implementation, (1 + S)·P⁺ − S·P⁻ with S initialised to 0.5). Under reading B, 0.5 / 0.5
+    gives rows summing to 0: use e.g. 1.5 / 0.5 to get reading A's map.
   trainable_lambdas: learn λ⁺ and λ⁻ (the paper's "Trainable λs" row) instead of fixing them.
   lambda_granularity: 'layer' (one λ⁺ and one λ⁻ per attention module) | 'head' (one per head);
     only meaningful with trainable_lambdas (fixed λs are the same for every head).
@@ -42,8 +45,9 @@ Options (`attention.dagpam.*`):
   sow_branches: with `sow_weights=True`, also sow P⁺ and P⁻ as 'positive_weights' and
     'negative_weights' `[B, N, T, S]` (next to the combined 'attention_weights').
 
-Uncertain (the full paper text was not available; see dagpam.md §0 and §1.3):
-  * reading A vs reading B of the combination (the switch `combination`);
+Uncertain (the full paper text was not available, and no official code was found):
+  * reading A vs reading B of the combination (the switch `combination`); reading A is favoured
+    by a reviewer's remark on the range of P in terms of 1 + λ⁺ and by the third-party code;
   * whether W_Q⁻ is shared across heads (`share_wq_neg`), its initialisation (`wq_neg_init`)
     and whether it has a bias (`wq_neg_bias`);
   * the λ granularity, parameterisation and values (`lambda_*`, `trainable_lambdas`);
@@ -51,7 +55,8 @@ Uncertain (the full paper text was not available; see dagpam.md §0 and §1.3):
     1/(1 − p), so the expected row sum is kept), not on P⁺ and P⁻ separately;
   * whether "two linear layers" in the paper's parameter count means something beyond W_Q⁻.
 Negative queries are computed in the compute dtype of q (as the layer's other projections);
-scores and softmax are float32.
+scores, softmax, the λ combination and P·V in `accumulation_dtype(q, k, v)` (float32 for
+bfloat16/float16/float32 inputs, float64 for float64; attention/registry.py).
 """
 
 from __future__ import annotations
@@ -65,7 +70,8 @@ from flax import nnx
 
 from attention.biases import ScoreMod
 from attention.masks import Mask
-from attention.registry import check_choice, check_implementation, register
+from attention.registry import (accumulation_dtype, check_choice, check_implementation,
+                                register)
 from attention.softmax import attention_weights
 
 COMBINATIONS = ('affine', 'difference')
@@ -87,8 +93,9 @@ def _option_error(option: str, value, expected: str) -> ValueError:
 class DaGPAMAttention(nnx.Module):
   """daGPAM core: `core(q, k, v, mask, *, score_mod, deterministic, sow_weights)`.
 
-  Shapes: `q: [B, T, N, H]`, `k, v: [B, S, N, H]` → `[B, T, N, H]` in `v`'s dtype. Reads
-  `config.impl` (xla only), `config.dropout` (on the combined map P) and `config.dagpam.*`.
+  Shapes: `q: [B, T, N, H]`, `k, v: [B, S, N, H]` → `[B, T, N, H]` in `v`'s dtype, computed in
+  `accumulation_dtype(q, k, v)`. Reads `config.impl` (xla only), `config.dropout` (on the
+  combined map P) and `config.dagpam.*`.
   """
 
   @classmethod
@@ -160,18 +167,18 @@ class DaGPAMAttention(nnx.Module):
       self.lambda_pos, self.lambda_neg = float(c.lambda_pos), float(c.lambda_neg)
     self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
 
-  def lambdas(self) -> tuple[jax.Array, jax.Array]:
-    """(λ⁺, λ⁻) float32: scalars (per layer, or fixed) or `[N]` (per head)."""
+  def lambdas(self, dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
+    """(λ⁺, λ⁻) in `dtype`: scalars (per layer, or fixed) or `[N]` (per head)."""
     if not self.trainable_lambdas:
-      return jnp.float32(self.lambda_pos), jnp.float32(self.lambda_neg)
-    rho_pos, rho_neg = self.lambda_pos[...], self.lambda_neg[...]
+      return jnp.asarray(self.lambda_pos, dtype), jnp.asarray(self.lambda_neg, dtype)
+    rho_pos, rho_neg = self.lambda_pos[...].astype(dtype), self.lambda_neg[...].astype(dtype)
     if self.lambda_param == 'softplus':
       return jax.nn.softplus(rho_pos), jax.nn.softplus(rho_neg)
     return rho_pos, rho_neg
 
-  def coefficients(self) -> tuple[jax.Array, jax.Array]:
-    """(c⁺, c⁻) with P = c⁺P⁺ − c⁻P⁻, broadcastable to `[B, N, T, S]`."""
-    lam_pos, lam_neg = self.lambdas()
+  def coefficients(self, dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
+    """(c⁺, c⁻) in `dtype` with P = c⁺P⁺ − c⁻P⁻, broadcastable to `[B, N, T, S]`."""
+    lam_pos, lam_neg = self.lambdas(dtype)
     c_pos = 1.0 + lam_pos if self.combination == 'affine' else lam_pos
     per_head = lambda x: x.reshape(x.shape + (1, 1)) if x.ndim else x  # [N] → [N, 1, 1]
     return per_head(c_pos), per_head(lam_neg)
@@ -187,10 +194,11 @@ class DaGPAMAttention(nnx.Module):
 
   def weights(self, q: jax.Array, k: jax.Array, mask: Mask | None = None,
               score_mod: ScoreMod | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(P, P⁺, P⁻), each `[B, N, T, S]` float32; rows of P sum to c⁺ − c⁻ (0 if fully masked)."""
+    """(P, P⁺, P⁻), each `[B, N, T, S]` in `accumulation_dtype(q, k)`; rows of P sum to
+    c⁺ − c⁻ (0 if fully masked)."""
     p_pos = attention_weights(q, k, mask, score_mod)
     p_neg = attention_weights(self.negative_queries(q), k, mask, score_mod)
-    c_pos, c_neg = self.coefficients()
+    c_pos, c_neg = self.coefficients(p_pos.dtype)
     return c_pos * p_pos - c_neg * p_neg, p_pos, p_neg
 
   def __call__(self, q, k, v, mask: Mask | None = None, *, score_mod: ScoreMod | None = None,
@@ -207,5 +215,5 @@ class DaGPAMAttention(nnx.Module):
     p = self.dropout(p, deterministic=deterministic)
     # One P·V product for both branches: combining the maps first costs one T×S×H product.
     out = jnp.einsum('bnts,bsnh->btnh', p.astype(v.dtype), v,
-                     preferred_element_type=jnp.float32)
+                     preferred_element_type=accumulation_dtype(q, k, v))
     return out.astype(v.dtype)

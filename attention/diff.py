@@ -1,9 +1,9 @@
-"""Differential attention (Ye et al. 2024, "Differential Transformer", arXiv 2410.05258).
+"""Differential attention (Ye et al. 2024, "Differential Transformer", arXiv:2410.05258).
 
 `attention.kind=diff`, as the official microsoft/unilm `Diff-Transformer/multihead_diffattn.py`
-(docs/references/dagpam.md §4.3). With d = d_model / model.num_heads (the baseline head width),
-the layer projects half as many heads, each of width 2d (`projection_shape`), so the Q/K/V/output
-projections have exactly the baseline's parameters. For each of the N/2 heads:
+(the naive, non-FlashAttention version). With d = d_model / model.num_heads (the baseline head
+width), the layer projects half as many heads, each of width 2d (`projection_shape`), so the
+Q/K/V/output projections have exactly the baseline's parameters. For each of the N/2 heads:
 
     [Q1; Q2] = q,  [K1; K2] = k     (the first and second d features of the 2d-wide head)
     DiffAttn = (softmax(Q1 K1ᵀ/√d) − λ · softmax(Q2 K2ᵀ/√d)) V          (V of width 2d)
@@ -13,11 +13,12 @@ projections have exactly the baseline's parameters. For each of the N/2 heads:
 
 As in the official code: one λ per layer shared by its heads; λ vectors initialised N(0, 0.1);
 RMSNorm ("subln") with ε = 1e-5 and one learnable scale of size 2d shared by the heads;
-softmax in float32; the mask is applied to both maps before the softmax. The official code views
-q/k as 2·(N/2) = N heads of width d (head 2h is Q1 of pair h, 2h + 1 its Q2); the score mod and
-the mask see the scores in that layout, `[B, N, T, S]`, so a per-head prior built for
-model.num_heads heads applies to each of the N half-heads. The paper writes the schedule with a
-1-based l, λ_init = 0.8 − 0.6·exp(−0.3(l − 1)), which is the same numbers.
+softmax in float32 (here in `accumulation_dtype(q, k, v)`: float32 for bfloat16/float16/
+float32 inputs, float64 for float64); the mask is applied to both maps before the softmax. The
+official code views q/k as 2·(N/2) = N heads of width d (head 2h is Q1 of pair h, 2h + 1 its
+Q2); the score mod and the mask see the scores in that layout, `[B, N, T, S]`, so a per-head
+prior built for model.num_heads heads applies to each of the N half-heads. The paper writes the
+schedule with a 1-based l, λ_init = 0.8 − 0.6·exp(−0.3(l − 1)), which is the same numbers.
 
 Options (`attention.diff.*`):
   lambda_init: −1 (default) = the depth schedule above; a number in [0, 1) = that constant.
@@ -41,7 +42,7 @@ from flax import nnx
 
 from attention.biases import ScoreMod
 from attention.masks import Mask
-from attention.registry import check_implementation, register
+from attention.registry import accumulation_dtype, check_implementation, register
 from attention.softmax import attention_weights
 
 
@@ -63,7 +64,8 @@ class DiffAttention(nnx.Module):
   """DIFF core: `core(q, k, v, mask, *, score_mod, deterministic, sow_weights)`.
 
   Built with the model's `num_heads` (N) and `head_dim` (d = d_model / N); called with
-  `q, k: [B, T|S, N/2, 2d]`, `v: [B, S, N/2, 2d]` → `[B, T, N/2, 2d]` in `v`'s dtype.
+  `q, k: [B, T|S, N/2, 2d]`, `v: [B, S, N/2, 2d]` → `[B, T, N/2, 2d]` in `v`'s dtype, computed
+  in `accumulation_dtype(q, k, v)`.
   """
 
   @classmethod
@@ -115,15 +117,16 @@ class DiffAttention(nnx.Module):
     self.subln_scale = nnx.Param(jnp.ones((2 * head_dim,), jnp.float32))  # shared by the heads
     self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
 
-  def lambda_full(self) -> jax.Array:
-    """λ = exp(λ_q1·λ_k1) − exp(λ_q2·λ_k2) + λ_init, a float32 scalar shared by the heads."""
-    dot = lambda a, b: jnp.sum(a[...] * b[...])
+  def lambda_full(self, dtype=jnp.float32) -> jax.Array:
+    """λ = exp(λ_q1·λ_k1) − exp(λ_q2·λ_k2) + λ_init, a scalar in `dtype` shared by the heads."""
+    dot = lambda a, b: jnp.sum(a[...].astype(dtype) * b[...].astype(dtype))
     return (jnp.exp(dot(self.lambda_q1, self.lambda_k1))
             - jnp.exp(dot(self.lambda_q2, self.lambda_k2)) + self.lambda_init)
 
   def weights(self, q: jax.Array, k: jax.Array, mask: Mask | None = None,
               score_mod: ScoreMod | None = None) -> jax.Array:
-    """The differential map P1 − λP2, `[B, N/2, T, S]` float32, for `q, k: [.., N/2, 2d]`."""
+    """The differential map P1 − λP2, `[B, N/2, T, S]` in `accumulation_dtype(q, k)`, for
+    `q, k: [.., N/2, 2d]`."""
     b, t, pairs, _ = q.shape
     s = k.shape[1]
     # [.., N/2, 2d] → [.., N, d]: head 2h is Q1 (K1) of pair h and 2h + 1 its Q2 (K2), as the
@@ -132,7 +135,7 @@ class DiffAttention(nnx.Module):
     k_halves = k.reshape(b, s, 2 * pairs, self.head_dim)
     p = attention_weights(q_halves, k_halves, mask, score_mod)          # [B, N, T, S]
     p = p.reshape(b, pairs, 2, t, s)
-    return p[:, :, 0] - self.lambda_full() * p[:, :, 1]
+    return p[:, :, 0] - self.lambda_full(p.dtype) * p[:, :, 1]
 
   def __call__(self, q, k, v, mask: Mask | None = None, *, score_mod: ScoreMod | None = None,
                deterministic: bool = True, sow_weights: bool = False):
@@ -148,9 +151,9 @@ class DiffAttention(nnx.Module):
       self.sow(nnx.Intermediate, 'attention_weights', p)
     p = self.dropout(p, deterministic=deterministic)
     out = jnp.einsum('bnts,bsnh->btnh', p.astype(v.dtype), v,
-                     preferred_element_type=jnp.float32)               # [B, T, N/2, 2d]
-    # subln: RMSNorm over each head's 2d features (float32, as the official RMSNorm), then the
-    # fixed (1 − λ_init) that keeps the output scale of the baseline at initialisation.
+                     preferred_element_type=accumulation_dtype(q, k, v))  # [B, T, N/2, 2d]
+    # subln: RMSNorm over each head's 2d features (at least float32, as the official RMSNorm),
+    # then the fixed (1 − λ_init) that keeps the output scale of the baseline at initialisation.
     out = out * jax.lax.rsqrt(jnp.mean(out * out, axis=-1, keepdims=True) + self.norm_eps)
-    out = out * self.subln_scale[...] * (1.0 - self.lambda_init)
+    out = out * self.subln_scale[...].astype(out.dtype) * (1.0 - self.lambda_init)
     return out.astype(v.dtype)

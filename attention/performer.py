@@ -1,4 +1,5 @@
-"""Performer attention with FAVOR+ random features (Choromanski et al. 2021, arXiv 2009.14794).
+"""Performer attention with FAVOR+ random features (Choromanski et al. 2021, "Rethinking Attention
+with Performers", arXiv:2009.14794).
 
 `attention.kind=performer`. Softmax attention Att = D⁻¹AV, A = exp(QKᵀ/√d), D = diag(A·1), is
 replaced by a low-rank estimate through a random feature map φ with E[φ(x)ᵀφ(y)] = exp(xᵀy):
@@ -8,11 +9,13 @@ replaced by a low-rank estimate through a random feature map φ with E[φ(x)ᵀ�
     Att ≈ D̂⁻¹·(Q′·(K′ᵀV)),  D̂ = diag(Q′·(K′ᵀ1)),  Q′ = φ(q̃), K′ = φ(k̃)       (bidirectional)
     out_i = Q′_i·(Σ_{j≤i} K′_j V_jᵀ) / Q′_i·(Σ_{j≤i} K′_j)                          (causal)
 
-(Equations as in the project notes, docs/references/sea_performer_topk.md §2.2.) The ω's are
-orthogonal random features (ORF): d×d blocks of exactly orthogonal rows (the Q of a QR
-decomposition of a Gaussian matrix), stacked for m > d, rows rescaled to χ_d-distributed norms
-(unbiased) or to √d. Time O(T·m·d), memory O(T·m + T·d + m·d) per head. The generalized
-kernel (`kernel='relu'`, lucidrains' `generalized_kernel`) uses φ(x) = relu(ωᵀx̃) + ε.
+These are the paper's softmax-kernel (SM⁺) equations; the reference implementations are
+google-research `performer/fast_attention/jax/fast_attention.py` and lucidrains'
+performer-pytorch. The ω's are orthogonal random features (ORF): d×d blocks of exactly
+orthogonal rows (the Q of a QR decomposition of a Gaussian matrix), stacked for m > d, rows
+rescaled to χ_d-distributed norms (unbiased) or to √d. Time O(T·m·d), memory
+O(T·m + T·d + m·d) per head. The generalized kernel (`kernel='relu'`, lucidrains'
+`generalized_kernel`) uses φ(x) = relu(ωᵀx̃) + ε.
 
 Causal attention is computed in chunks of C positions (as fla's chunked linear attention): each
 chunk adds a masked C×C term Q′K′ᵀ to the contribution of an m×H state Σ K′_j V_jᵀ carried over
@@ -35,6 +38,9 @@ Numerical stabilisation (why the result is finite, and why it cannot leak the fu
   only acts on underflow. A query that sees no valid key outputs exact zeros.
 - The feature projection ωᵀx̃ is computed at `precision='highest'`: it sits in an exponent, where
   TF32's 10-bit mantissa would already cost about 1% per feature.
+- Dtypes: features, shifts and sums are computed in `accumulation_dtype` of the inputs (float32
+  for bfloat16/float16/float32, float64 for float64; attention/registry.py); ω is a float32 draw
+  promoted to it, so float64 runs are float64 arithmetic on a float32 sample of ω.
 
 Options (`attention.performer`):
 - `num_features`: m; 0 = int(d·ln d) (lucidrains' default; 266 for d = 64).
@@ -71,7 +77,8 @@ from flax import nnx
 from attention import masks as masks_lib
 from attention.biases import ScoreMod
 from attention.masks import Mask
-from attention.registry import check_choice, check_implementation, register
+from attention.registry import (accumulation_dtype, check_choice, check_implementation,
+                                register)
 
 KERNELS = ('softmax', 'relu')
 SCALINGS = ('chi', 'sqrt_d')
@@ -133,19 +140,21 @@ def _normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 
 # ------------------------------------------------------------------------------------------
-# Feature maps: x [B, T, N, d] → [B, T, N, m] float32.
+# Feature maps: x [B, T, N, d] → [B, T, N, m] in accumulation_dtype(x) (float32 for
+# bfloat16/float16/float32 inputs, float64 for float64; ω is promoted to it).
 
 def softmax_feature_parts(x: jax.Array, projection: jax.Array, *,
                           eps: float = 1e-4) -> tuple[jax.Array, jax.Array]:
   """Positive softmax-kernel features in two parts: φ(x) = exp(log_scale)·features.
 
-  Returns `features: [B, T, N, m]` float32, each token's largest feature equal to m^(−1/2)·(1+ε),
+  Returns `features: [B, T, N, m]`, each token's largest feature equal to m^(−1/2)·(1+ε),
   and `log_scale: [B, T, N]` = max over features of the exponent e = ωᵀx̃ − ‖x̃‖²/2 (stop
   gradient), with x̃ = x·d^(−1/4). Pass both to `linear_attention(..., k_log_scale=)` for keys.
   """
   d = x.shape[-1]
-  w = jnp.asarray(projection, jnp.float32)                          # [m, d]
-  x = x.astype(jnp.float32) * d ** -0.25
+  dtype = accumulation_dtype(x)
+  w = jnp.asarray(projection).astype(dtype)                         # [m, d]
+  x = x.astype(dtype) * d ** -0.25
   exponent = (jnp.einsum('btnd,md->btnm', x, w, precision='highest')
               - 0.5 * jnp.sum(x * x, axis=-1, keepdims=True))
   log_scale = jax.lax.stop_gradient(jnp.max(exponent, axis=-1))     # [B, T, N]
@@ -181,16 +190,17 @@ def softmax_features(x: jax.Array, projection: jax.Array, *, is_query: bool,
 
 def relu_features(x: jax.Array, projection: jax.Array | None, *, normalize: bool = True,
                   eps: float = 1e-3) -> jax.Array:
-  """Generalized-attention features relu(ωᵀx̃) + ε: [B, T, N, d] → [B, T, N, m] float32.
+  """Generalized-attention features relu(ωᵀx̃) + ε: [B, T, N, d] → [B, T, N, m].
 
   `projection=None` gives the deterministic features relu(x̃) + ε (m = d). `normalize` applies
   x̃ = x·d^(−1/4) (lucidrains' default, used by SEA; the JAX reference does not normalise).
   """
-  x = x.astype(jnp.float32)
+  dtype = accumulation_dtype(x)
+  x = x.astype(dtype)
   if normalize:
     x = x * x.shape[-1] ** -0.25
   if projection is not None:
-    x = jnp.einsum('btnd,md->btnm', x, jnp.asarray(projection, jnp.float32),
+    x = jnp.einsum('btnd,md->btnm', x, jnp.asarray(projection).astype(dtype),
                    precision='highest')
   return jax.nn.relu(x) + eps
 
@@ -203,21 +213,20 @@ def linear_attention(q_feat: jax.Array, k_feat: jax.Array, v: jax.Array, *, caus
                      k_log_scale: jax.Array | None = None) -> jax.Array:
   """D̂⁻¹·Q′(K′ᵀV): q_feat [B, T, N, m], k_feat [B, S, N, m] (≥ 0), v [B, S, N, H] → [B, T, N, H].
 
-  Output float32. The weight of key j for query i is exp(l_j)·Q′_i·K′_j, with `k_log_scale`
-  l: [B, S, N] (stop gradient; None = 0), over the keys where `valid_k: [B, S]` is True and, with
-  `causal`, j ≤ i. Padded keys contribute nothing; a query that sees no valid key outputs zeros.
-  The causal path runs a chunked scan (`chunk_size` positions per step) whose memory, backward
-  included, is linear in T.
+  Output in `accumulation_dtype(q_feat, k_feat, v)`. The weight of key j for query i is
+  exp(l_j)·Q′_i·K′_j, with `k_log_scale` l: [B, S, N] (stop gradient; None = 0), over the keys
+  where `valid_k: [B, S]` is True and, with `causal`, j ≤ i. Padded keys contribute nothing; a
+  query that sees no valid key outputs zeros. The causal path runs a chunked scan (`chunk_size`
+  positions per step) whose memory, backward included, is linear in T.
   """
   if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
     raise ValueError(f'linear_attention: chunk_size must be an int ≥ 1, got {chunk_size!r}')
-  q = q_feat.astype(jnp.float32)
-  k = k_feat.astype(jnp.float32)
-  v = v.astype(jnp.float32)
+  dtype = accumulation_dtype(q_feat, k_feat, v)
+  q, k, v = q_feat.astype(dtype), k_feat.astype(dtype), v.astype(dtype)
   batch, q_len, heads, _ = q.shape
   kv_len = k.shape[1]
-  log_scale = (jnp.zeros((batch, kv_len, heads), jnp.float32) if k_log_scale is None
-               else jax.lax.stop_gradient(k_log_scale.astype(jnp.float32)))
+  log_scale = (jnp.zeros((batch, kv_len, heads), dtype) if k_log_scale is None
+               else jax.lax.stop_gradient(k_log_scale.astype(dtype)))
   if valid_k is not None:
     valid_k = jnp.broadcast_to(jnp.asarray(valid_k, bool), (batch, kv_len))
     vk = valid_k[:, :, None, None]
@@ -293,8 +302,8 @@ def _causal_sums(q, k, v, log_scale, chunk_size):
     return (state, norm, c_new), (num, jnp.swapaxes(den, 1, 2))
 
   m, h = q.shape[-1], v.shape[-1]
-  init = (jnp.zeros((batch, heads, m, h), jnp.float32), jnp.zeros((batch, heads, m), jnp.float32),
-          jnp.full((batch, heads), _NEG, jnp.float32))
+  init = (jnp.zeros((batch, heads, m, h), q.dtype), jnp.zeros((batch, heads, m), q.dtype),
+          jnp.full((batch, heads), _NEG, q.dtype))
   _, (num, den) = jax.lax.scan(step, init, xs)
   num = jnp.moveaxis(num, 0, 1).reshape((batch, length) + num.shape[3:])[:, :q_len]
   den = jnp.moveaxis(den, 0, 1).reshape((batch, length, heads))[:, :q_len]
@@ -305,8 +314,8 @@ def implied_attention_weights(q_feat: jax.Array, k_feat: jax.Array, *, causal: b
                               valid_k: jax.Array | None = None,
                               k_log_scale: jax.Array | None = None) -> jax.Array:
   """The matrix D̂⁻¹Q′K′ᵀ that `linear_attention` applies, dense `[B, N, T, S]` (analysis only)."""
-  q = q_feat.astype(jnp.float32)
-  k = k_feat.astype(jnp.float32)
+  dtype = accumulation_dtype(q_feat, k_feat)
+  q, k = q_feat.astype(dtype), k_feat.astype(dtype)
   batch, q_len, heads, _ = q.shape
   kv_len = k.shape[1]
   allowed = jnp.ones((batch, 1, q_len, kv_len), bool)
@@ -314,8 +323,8 @@ def implied_attention_weights(q_feat: jax.Array, k_feat: jax.Array, *, causal: b
     allowed = allowed & jnp.asarray(valid_k, bool)[:, None, None, :]
   if causal:
     allowed = allowed & (jnp.arange(q_len)[:, None] >= jnp.arange(kv_len)[None, :])
-  log_scale = (jnp.zeros((batch, kv_len, heads), jnp.float32) if k_log_scale is None
-               else jax.lax.stop_gradient(k_log_scale.astype(jnp.float32)))
+  log_scale = (jnp.zeros((batch, kv_len, heads), dtype) if k_log_scale is None
+               else jax.lax.stop_gradient(k_log_scale.astype(dtype)))
   rel = jnp.where(allowed, jnp.transpose(log_scale, (0, 2, 1))[:, :, None, :], -jnp.inf)
   c = jnp.max(rel, axis=-1, keepdims=True)
   rel = rel - jnp.where(jnp.isfinite(c), c, 0.0)

@@ -27,6 +27,15 @@ the model is built for, for cores with position tables) may be ignored.
 
 A core that cannot honour a mask or a score mod raises ValueError naming the option
 (`attention/masks.py` `causal_padding_parts` splits the masks that linear-time cores support).
+
+Floating point: floats follow the inputs. A core computes its scores, softmax and sums in
+`accumulation_dtype(q, k, v)` = `jnp.promote_types(jnp.result_type(q, k, v), jnp.float32)`:
+float32 for bfloat16, float16 and float32 inputs (float32 accumulation of low-precision
+products), float64 for float64 inputs (with `jax_enable_x64`), so float64 reference checks and
+finite differences see float64 arithmetic throughout, not float32 cast up. The output is in
+`v`'s dtype. Parameters are stored in float32 and promoted where they meet the activations;
+score mods return scores in the scores' dtype. The linear-time cores (Performer, SEA) follow the
+same rule for their feature maps and sums; their random projections are float32 draws.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
+import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
@@ -42,6 +52,14 @@ _CORES: dict[str, type[nnx.Module]] = {}
 # Modules that register cores when imported. A variant added in its own file is listed here.
 _CORE_MODULES = ('attention.softmax', 'attention.dagpam', 'attention.diff', 'attention.performer',
                  'attention.topk', 'attention.sea')
+
+
+def accumulation_dtype(*inputs) -> jnp.dtype:
+  """The dtype a core computes in: the inputs' promoted dtype, at least float32.
+
+  float32 for bfloat16/float16/float32 arrays (or dtypes), float64 for float64 ones.
+  """
+  return jnp.promote_types(jnp.result_type(*inputs), jnp.float32)
 
 
 def register(kind: str) -> Callable[[type], type]:

@@ -1,11 +1,10 @@
 """SEA: sparse linear attention with an estimated attention mask (Lee, Kim, Willette, Hwang,
-"SEA: Sparse Linear Attention with Estimated Attention Mask", ICLR 2024, arXiv 2310.01777).
+"SEA: Sparse Linear Attention with Estimated Attention Mask", ICLR 2024, arXiv:2310.01777).
 
-`attention.kind=sea`, following the official code (gmlwns2000/sea-attention, codename "perlin",
-`src/models/perlin_attention/attention.py`) as summarised in
-docs/references/sea_performer_topk.md §1.4. Per head, with d = head_dim, K = predictor_length
-(the compressed width) and L_i the number of keys query i may see (i + 1 in the causal LM, the
-number of valid keys in an encoder):
+`attention.kind=sea`, following the forward pass of the official code (gmlwns2000/sea-attention,
+codename "perlin", `src/models/perlin_attention/attention.py`). Per head, with d = head_dim,
+K = predictor_length (the compressed width) and L_i the number of keys query i may see (i + 1 in
+the causal LM, the number of valid keys in an encoder):
 
  1. V_I: causal → a learned table [max_len, d] (randn init), V_I[t] = table[t]; bidirectional →
     the d×d identity resampled along the valid tokens, row t at p_t = pos_t/(L − 1)·(d − 1).
@@ -35,15 +34,17 @@ number of valid keys in an encoder):
     query-mean of Â looked up as in step 8 (not renormalised, as the code).
     C_sea = σ(s_mix)·C + (1 − σ(s_mix))·C_avg.
 
-Two computation paths (§1.7): 'dense' (training, as the official code) forms the T×S mask and a
-dense masked softmax; 'chunked' (inference: `inference='chunked'` and deterministic) scans over
-query chunks, interpolating each chunk's rows of M̂ to [C, S] on the fly, so memory is
-O(T·K + C·S). Both give the same output; a call that sows takes the dense path (the sows are
-T×S). With `sow_weights=True` the dense path sows 'attention_weights' σ(s_prob)·P
-[B, N, T, S], 'estimate' Â [B, N, T, K], 'estimate_log_probs' (log-softmax over the allowed keys
-of Â_logits looked up as in step 8) and 'dense_log_probs' (log-softmax of the student's own
-q·kᵀ/√d over the allowed keys), both [B, N, T, S] and 0 where not allowed: the inputs of the
-distillation losses L_approx and L_prob (§1.5, training/distill.py, `attention_kd_loss` below).
+Two computation paths: 'dense' (training, as the official code, which also computes its
+reported perplexities this way) forms the T×S mask and a dense masked softmax; 'chunked'
+(inference: `inference='chunked'` and deterministic) scans over query chunks, interpolating each
+chunk's rows of M̂ to [C, S] on the fly, so memory is O(T·K + C·S). Both give the same output;
+a call that sows takes the dense path (the sows are T×S). With `sow_weights=True` the dense path
+sows 'attention_weights' σ(s_prob)·P [B, N, T, S], 'estimate' Â [B, N, T, K],
+'estimate_log_probs' (log-softmax over the allowed keys of Â_logits looked up as in step 8) and
+'dense_log_probs' (log-softmax of the student's own q·kᵀ/√d over the allowed keys), both
+[B, N, T, S] and 0 where not allowed: the inputs of the distillation losses L_approx (estimate
+vs teacher) and L_prob (the student's dense map vs teacher) (training/distill.py,
+`attention_kd_loss` below).
 `compute_estimate` returns the estimator's outputs (steps 1–6) for analysis and tests.
 
 Options (`attention.sea.*`, see `default_config`): variant, predictor_length (K), k, nbf,
@@ -73,8 +74,9 @@ Uncertain or changed, said plainly:
   DeepSpeed, plausibly never redraw either).
 - 'query' grouping: the official code uses one count, from the shortest sequence of the batch;
   here each row has its own k̂_i (the same thing without padding).
-- The bidirectional decoder follows the reference notes; some official commits use a different
-  (ResBlock) CNN there. The causal decoder is the OPT one.
+- The bidirectional decoder is the one of step 5 (the BERT decoder of the official
+  `attention.py`); some official commits use a different (ResBlock) CNN there. The causal
+  decoder is the OPT one.
 - `attention.dropout` drops entries of σ(s_prob)·P in training (dense path); the sown weights
   are taken before dropout.
 - With a causal variant K/4 columns enter LayerNorm(K/4): K ≥ 8 keeps it informative.
@@ -95,7 +97,8 @@ from attention import masks as masks_lib
 from attention import performer
 from attention.biases import ScoreMod
 from attention.masks import Mask
-from attention.registry import check_choice, check_implementation, register
+from attention.registry import (accumulation_dtype, check_choice, check_implementation,
+                                register)
 
 VARIANTS = ('causal', 'bidirectional')
 K_FLATTEN_DIMS = ('query', 'head', 'batch', 'causal_batch')
@@ -109,7 +112,7 @@ _NEG = float(np.finfo(np.float32).min) / 2
 
 
 # -------------------------------------------------------------------------------------------
-# The pieces of §1.4 as pure functions (tested one by one against NumPy).
+# The steps of the module docstring as pure functions (tested one by one against NumPy).
 
 class KeyLayout(NamedTuple):
   """Which keys each query sees, in the terms of step 8 (from the causal/padding mask)."""
@@ -198,7 +201,7 @@ def grouped_top_k(probs: jax.Array, row_valid: jax.Array, lengths: jax.Array, *,
   b, n, t, width = probs.shape
   per_row = jnp.where(row_valid, jnp.round((k * width) / jnp.maximum(lengths, 1).astype(
       jnp.float32)), 0.0)                                                   # k̂_i, [B, T]
-  x = jnp.where(row_valid[:, None, :, None], probs.astype(jnp.float32), -1.0)
+  x = jnp.where(row_valid[:, None, :, None], probs.astype(accumulation_dtype(probs)), -1.0)
   if mode == 'query':
     groups = x
     counts = jnp.clip(jnp.broadcast_to(per_row[:, None, :], (b, n, t)), 1, width)
@@ -245,27 +248,30 @@ def masked_log_softmax(x: jax.Array, where: jax.Array) -> jax.Array:
 
 
 def causal_mean_values(v: jax.Array, layout: KeyLayout) -> jax.Array:
-  """C_avg[i] = mean of the valid v_j with j ≤ i (step 10, causal): `[B, T, N, H]` float32."""
-  vf = v.astype(jnp.float32) * layout.valid_k[:, :, None, None]
+  """C_avg[i] = mean of the valid v_j with j ≤ i (step 10, causal): `[B, T, N, H]` in
+  `accumulation_dtype(v)`."""
+  vf = v.astype(accumulation_dtype(v)) * layout.valid_k[:, :, None, None]
   total = jnp.cumsum(vf, axis=1)
-  return total / jnp.maximum(layout.lengths, 1).astype(jnp.float32)[:, :, None, None]
+  return total / jnp.maximum(layout.lengths, 1).astype(vf.dtype)[:, :, None, None]
 
 
 def attention_kd_rows(teacher_probs: jax.Array, student_log_probs: jax.Array,
                       allowed: jax.Array, *, kl_weight: float = 0.1) -> tuple[jax.Array, jax.Array]:
-  """Per query row: kl_weight·KL(teacher ‖ student) + mean_S (exp(student) − teacher)² (§1.5).
+  """Per query row: kl_weight·KL(teacher ‖ student) + mean_S (exp(student) − teacher)².
 
   `teacher_probs`, `student_log_probs: [B, N, T, S]` (e.g. the sown 'attention_weights' of a
   softmax teacher and this core's 'estimate_log_probs' or 'dense_log_probs'), `allowed` the bool
   mask `[B|1, N|1, T, S]`. KL = Σ_j t_j·(log t_j − log s_j) and MSE = mean over all S keys of
   (s_j − t_j)², entries outside `allowed` counting as zero on both sides. Zero teacher entries
-  add 0 (t·log t → 0), with finite gradients. Returns (loss `[B, N, T]` float32, rows `[B, N, T]`
-  bool: the rows that see at least one key; the loss is 0 elsewhere).
+  add 0 (t·log t → 0), with finite gradients. Returns (loss `[B, N, T]` in
+  `accumulation_dtype(teacher_probs, student_log_probs)` (float32 unless an input is float64),
+  rows `[B, N, T]` bool: the rows that see at least one key; the loss is 0 elsewhere).
   """
-  t = teacher_probs.astype(jnp.float32)
+  dtype = accumulation_dtype(teacher_probs, student_log_probs)
+  t = teacher_probs.astype(dtype)
   allowed = jnp.broadcast_to(allowed, t.shape)
   t = jnp.where(allowed, t, 0.0)
-  log_s = jnp.where(allowed, student_log_probs.astype(jnp.float32), 0.0)
+  log_s = jnp.where(allowed, student_log_probs.astype(dtype), 0.0)
   positive = allowed & (t > 0)
   log_t = jnp.log(jnp.where(positive, t, 1.0))
   kl = jnp.sum(jnp.where(positive, t * (log_t - log_s), 0.0), axis=-1)
@@ -276,13 +282,14 @@ def attention_kd_rows(teacher_probs: jax.Array, student_log_probs: jax.Array,
 
 def attention_kd_loss(teacher_probs: jax.Array, student_log_probs: jax.Array,
                       allowed: jax.Array, *, kl_weight: float = 0.1) -> jax.Array:
-  """`attention_kd_rows` averaged over the rows that see a key: a float32 scalar.
+  """`attention_kd_rows` averaged over the rows that see a key: a scalar (float32 unless an
+  input is float64).
 
   For the causal LM without padding this is PyTorch's `kl_div(reduction='batchmean')` over the
   N·T rows plus `mse_loss`'s mean over the N·T·S entries, as the official causal code.
   """
   loss, rows = attention_kd_rows(teacher_probs, student_log_probs, allowed, kl_weight=kl_weight)
-  return jnp.sum(loss) / jnp.maximum(jnp.sum(rows), 1).astype(jnp.float32)
+  return jnp.sum(loss) / jnp.maximum(jnp.sum(rows), 1).astype(loss.dtype)
 
 
 # -------------------------------------------------------------------------------------------
@@ -305,17 +312,18 @@ class Conv2d(nnx.Module):
 
   def __call__(self, x: jax.Array, *, padding, stride=(1, 1), dilation=(1, 1)) -> jax.Array:
     y = jax.lax.conv_general_dilated(
-        x, self.kernel[...], window_strides=stride, padding=padding, rhs_dilation=dilation,
-        dimension_numbers=('NCHW', 'OIHW', 'NCHW'), precision=jax.lax.Precision.HIGHEST)
-    return y + self.bias[...][None, :, None, None]
+        x, self.kernel[...].astype(x.dtype), window_strides=stride, padding=padding,
+        rhs_dilation=dilation, dimension_numbers=('NCHW', 'OIHW', 'NCHW'),
+        precision=jax.lax.Precision.HIGHEST)
+    return y + self.bias[...].astype(x.dtype)[None, :, None, None]
 
 
 class Estimate(NamedTuple):
-  """The estimator's outputs (steps 5 and 6)."""
-  logits: jax.Array   # Â_logits [B, N, T, K] float32
-  probs: jax.Array    # Â = softmax_K(Â_logits) [B, N, T, K] float32
-  s_prob: jax.Array   # σ(s_prob) [B, T, N] float32: scale of the sparse weights
-  s_mix: jax.Array    # σ(s_mix) [B, T, N] float32: weight of the sparse context
+  """The estimator's outputs (steps 5 and 6), in `accumulation_dtype(q, k, v)`."""
+  logits: jax.Array   # Â_logits [B, N, T, K]
+  probs: jax.Array    # Â = softmax_K(Â_logits) [B, N, T, K]
+  s_prob: jax.Array   # σ(s_prob) [B, T, N]: scale of the sparse weights
+  s_mix: jax.Array    # σ(s_mix) [B, T, N]: weight of the sparse context
 
 
 def _check_choice(name, value, choices):
@@ -340,7 +348,9 @@ class SeaAttention(nnx.Module):
   """SEA core: `core(q, k, v, mask, *, score_mod=None, deterministic, sow_weights)`.
 
   Shapes: `q, k, v: [B, T, N, H]` (self-attention) → `[B, T, N, H]` in `v`'s dtype. The
-  estimator and the scores run in float32. Masks: `causal()` (variant='causal') or none
+  estimator and the scores run in `accumulation_dtype(q, k, v)` (float32 for bfloat16/float16/
+  float32 inputs, float64 for float64); the key positions and columns of the step-8 lookup
+  stay float32 (small integers and a discrete choice). Masks: `causal()` (variant='causal') or none
   (variant='bidirectional'), AND-ed with padding; no other mask and no score mod.
   """
 
@@ -359,7 +369,8 @@ class SeaAttention(nnx.Module):
     c.output = 'mix'               # mix: σ(s_mix)·C + (1−σ(s_mix))·C_avg | norm: mix + LN(mix)
     c.inference = 'dense'          # deterministic calls: dense (T×S mask) | chunked (linear)
     c.query_chunk_size = 128       # queries per chunk of the chunked inference path
-    # Distillation (read by training/distill.py, validated here; §1.5 of the reference notes).
+    # Distillation (read by training/distill.py, validated here). The weights are the official
+    # OPT trainer's: 0.1·task NLL + 5·hidden MSE + 0.2·logits KL + the per-layer losses.
     c.distill = True               # train from a dense teacher (needs `teacher`)
     c.teacher = ''                 # workdir of a trained softmax run of the same LM
     c.task_weight = 0.1            # weight of the task NLL
@@ -482,13 +493,14 @@ class SeaAttention(nnx.Module):
 
   def _estimate(self, q, k, v, layout: KeyLayout) -> Estimate:
     b, t, n, d = q.shape
-    qf, kf, vf = (x.astype(jnp.float32) for x in (q, k, v))
+    dtype = accumulation_dtype(q, k, v)
+    qf, kf, vf = (x.astype(dtype) for x in (q, k, v))
     valid_k = layout.valid_k
     # Step 1: V_cat = [V_I; V], padded rows zeroed.                         [B, S, N, 2d]
     if self.causal:
-      v_eye = self.v_eye_table[...][:t][None, :, None, :]
+      v_eye = self.v_eye_table[...][:t][None, :, None, :].astype(dtype)
     else:
-      v_eye = resampled_identity(valid_k, d, mode=self.v_eye)[:, :, None, :]
+      v_eye = resampled_identity(valid_k, d, mode=self.v_eye)[:, :, None, :].astype(dtype)
     v_cat = jnp.concatenate([jnp.broadcast_to(v_eye, vf.shape), vf], axis=-1)
     v_cat = v_cat * valid_k[:, :, None, None]
     # Step 2: kernelised attention over (q, k, V_cat).                       [B, T, N, 2d]
@@ -505,7 +517,7 @@ class SeaAttention(nnx.Module):
     c_perf = performer.linear_attention(q_feat, k_feat, v_cat, causal=self.causal,
                                         valid_k=valid_k, k_log_scale=k_log_scale)
     # Step 3: μ on [C_perf; V], shared by the heads.                         [B, T, N, 2d]
-    z = self.encoder(jnp.concatenate([c_perf.astype(jnp.float32), vf], axis=-1))
+    z = self.encoder(jnp.concatenate([c_perf.astype(dtype), vf], axis=-1))
     z = jax.nn.gelu(self.encoder_norm(z), approximate=False)
     # Step 4: ν and the channel split (channel n·c_h + s).             [B, N·c_h, T, K/c_s]
     width = self.predictor_length // self.c_s
@@ -596,7 +608,7 @@ class SeaAttention(nnx.Module):
       mask_columns = interpolation_columns(self._jittered_positions(layout), layout.lengths,
                                            self.predictor_length)
     sparse = allowed[:, None] & lookup(keep, mask_columns)                 # M* [B, N, T, S]
-    scores = jnp.einsum('btnh,bsnh->bnts', q, k, preferred_element_type=jnp.float32,
+    scores = jnp.einsum('btnh,bsnh->bnts', q, k, preferred_element_type=accumulation_dtype(q, k),
                         precision=jax.lax.Precision.HIGHEST) * (q.shape[-1] ** -0.5)
     p = masked_softmax(scores, sparse) * jnp.transpose(est.s_prob, (0, 2, 1))[..., None]
     if sow_weights:
@@ -606,7 +618,7 @@ class SeaAttention(nnx.Module):
                masked_log_softmax(lookup(est.logits, columns), allowed[:, None]))
       self.sow(nnx.Intermediate, 'dense_log_probs', masked_log_softmax(scores, allowed[:, None]))
     p = self.dropout(p, deterministic=deterministic)
-    return jnp.einsum('bnts,bsnh->btnh', p, v.astype(jnp.float32),
+    return jnp.einsum('bnts,bsnh->btnh', p, v.astype(p.dtype),
                       precision=jax.lax.Precision.HIGHEST)
 
   def _sparse_chunked(self, q, k, v, keep, s_prob, layout: KeyLayout) -> jax.Array:
@@ -625,7 +637,8 @@ class SeaAttention(nnx.Module):
         x.reshape(x.shape[:axis] + (chunks, size) + x.shape[axis + 1:]), axis, 0)
     xs = (by_chunk(q_p, 1), by_chunk(keep_p, 2), by_chunk(lengths_p, 1), by_chunk(valid_p, 1),
           by_chunk(s_prob_p, 1), jnp.arange(chunks * size).reshape(chunks, size))
-    vf = v.astype(jnp.float32)
+    dtype = accumulation_dtype(q, k, v)
+    vf = v.astype(dtype)
     scale = h ** -0.5
 
     def chunk(x):
@@ -634,10 +647,11 @@ class SeaAttention(nnx.Module):
       columns = interpolation_columns(layout.positions[:, None, :], lengths_c,
                                       self.predictor_length)
       sparse = allowed[:, None] & lookup(keep_c, columns)                  # [B, N, C, S]
-      scores = jnp.einsum('btnh,bsnh->bnts', q_c, k, preferred_element_type=jnp.float32,
+      scores = jnp.einsum('btnh,bsnh->bnts', q_c, k, preferred_element_type=dtype,
                           precision=jax.lax.Precision.HIGHEST) * scale
       p = masked_softmax(scores, sparse) * jnp.transpose(s_prob_c, (0, 2, 1))[..., None]
-      return jnp.einsum('bnts,bsnh->btnh', p, vf, precision=jax.lax.Precision.HIGHEST)
+      return jnp.einsum('bnts,bsnh->btnh', p.astype(dtype), vf,
+                        precision=jax.lax.Precision.HIGHEST)
 
     out = jax.lax.map(chunk, xs)                                           # [chunks, B, C, N, H]
     return jnp.moveaxis(out, 0, 1).reshape(b, chunks * size, n, h)[:, :t]
@@ -650,5 +664,5 @@ class SeaAttention(nnx.Module):
     columns = interpolation_columns(layout.positions[:, None, :], layout.lengths[:, :1],
                                     self.predictor_length)                 # [B, 1, S]
     ibar = lookup(mean[:, :, None, :], columns)[:, :, 0] * layout.valid_k[:, None, :]
-    return jnp.einsum('bns,bsnh->bnh', ibar, v.astype(jnp.float32),
+    return jnp.einsum('bns,bsnh->bnh', ibar, v.astype(ibar.dtype),
                       precision=jax.lax.Precision.HIGHEST)[:, None]

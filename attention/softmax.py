@@ -3,7 +3,9 @@
 `attention.kind=softmax`, with two implementations (`attention.impl`):
 
 - `xla`: the plain einsum formulation, also the reference the other cores and kernels are
-  tested against. Logits and softmax are float32 whatever the input dtype.
+  tested against. Logits, softmax and the weighted sum of v are computed in
+  `accumulation_dtype(q, k, v)` (attention/registry.py): float32 for bfloat16/float16/float32
+  inputs, float64 for float64 inputs.
 - `cudnn`: cuDNN flash attention through `jax.nn.dot_product_attention(implementation='cudnn')`,
   with the mask and additive priors materialised densely. NVIDIA GPUs only; bfloat16/float16
   inputs; no attention dropout and no multiplicative score mods.
@@ -22,23 +24,25 @@ from flax import nnx
 
 from attention.biases import ScoreMod
 from attention.masks import Mask
-from attention.registry import check_implementation, register
+from attention.registry import accumulation_dtype, check_implementation, register
 
 IMPLEMENTATIONS = ('xla', 'cudnn')
 
 
 def attention_weights(q: jnp.ndarray, k: jnp.ndarray, mask: Mask | None = None,
                       score_mod: ScoreMod | None = None) -> jnp.ndarray:
-  """Softmax attention weights `[B, N, T, S]` float32 for `q: [B, T, N, H]`, `k: [B, S, N, H]`.
+  """Softmax attention weights `[B, N, T, S]` for `q: [B, T, N, H]`, `k: [B, S, N, H]`.
 
-  Rows sum to 1 where the mask lets the query see at least one key, and are all zero where it
-  sees none: `jax.nn.softmax(where=mask)` normalises over the allowed keys only, so a fully
-  masked row has no denominator to divide by zero and its gradient is zero, not NaN.
+  In `accumulation_dtype(q, k)`: float32 for bfloat16/float16/float32 inputs, float64 for
+  float64. Rows sum to 1 where the mask lets the query see at least one key, and are all zero
+  where it sees none: `jax.nn.softmax(where=mask)` normalises over the allowed keys only, so a
+  fully masked row has no denominator to divide by zero and its gradient is zero, not NaN.
   """
   scale = q.shape[-1] ** -0.5
-  # float32 logits even for bfloat16 inputs: the products of bf16 numbers are exact in fp32,
-  # so only the accumulation rounds.
-  s = jnp.einsum('btnh,bsnh->bnts', q, k, preferred_element_type=jnp.float32) * scale
+  # At least float32 logits, even for bfloat16 inputs: the products of bf16 numbers are exact
+  # in fp32, so only the accumulation rounds. float64 inputs keep float64 throughout.
+  s = jnp.einsum('btnh,bsnh->bnts', q, k,
+                 preferred_element_type=accumulation_dtype(q, k)) * scale
   if score_mod is not None:
     s = score_mod(s)
   m = None if mask is None else mask.dense(q.shape[1], k.shape[1])
@@ -49,7 +53,8 @@ def attention_weights(q: jnp.ndarray, k: jnp.ndarray, mask: Mask | None = None,
 class SoftmaxAttention(nnx.Module):
   """Multi-head softmax attention core: `core(q, k, v, mask, *, score_mod, deterministic)`.
 
-  Shapes: `q: [B, T, N, H]`, `k, v: [B, S, N, H]` → `[B, T, N, H]` in `v`'s dtype. Reads
+  Shapes: `q: [B, T, N, H]`, `k, v: [B, S, N, H]` → `[B, T, N, H]` in `v`'s dtype, computed
+  in `accumulation_dtype(q, k, v)` (xla). Reads
   `config.impl` (xla | cudnn) and `config.dropout` (on the attention weights, xla only).
   """
 
@@ -91,7 +96,7 @@ class SoftmaxAttention(nnx.Module):
       self.sow(nnx.Intermediate, 'attention_weights', w)
     w = self.dropout(w, deterministic=deterministic)
     out = jnp.einsum('bnts,bsnh->btnh', w.astype(v.dtype), v,
-                     preferred_element_type=jnp.float32)
+                     preferred_element_type=accumulation_dtype(q, k, v))
     return out.astype(v.dtype)
 
   def _cudnn(self, q, k, v, mask, score_mod):

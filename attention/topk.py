@@ -1,4 +1,5 @@
-"""Top-k attention (Gupta, Dar, Goodman, Ciprut, Berant 2021, arXiv 2106.06899).
+"""Top-k attention (Gupta, Dar, Goodman, Ciprut, Berant 2021, "Memory-efficient Transformers via
+Top-k Attention", arXiv:2106.06899; code ag1988/top_k_attention).
 
 `attention.kind=topk`. Each query keeps only its k largest scores and normalises over them:
 
@@ -7,8 +8,8 @@
 
 Queries are processed in chunks of C = `query_chunk_size` (a `lax.scan`), so the forward holds one
 C×S block of scores at a time. The backward is hand-written (`jax.custom_vjp`, the paper's
-"no-cache" function, §3.2 step 5 of the notes): it saves only q, k, v, the top-k indices and the
-top-k softmax values p ([B, N, T, k]) and recomputes, chunk by chunk,
+"no-cache" function, `_AttentionNoCache` in the reference code): it saves only q, k, v, the
+top-k indices and the top-k softmax values p ([B, N, T, k]) and recomputes, chunk by chunk,
 
     A = scatter(p, I)   dV += Aᵀ·dout      dA = dout·Vᵀ gathered at I
     dS = scatter(p ⊙ (dA − Σ p·dA), I)      dQ = dS·K/√H      dK += dSᵀ·Q/√H
@@ -50,7 +51,7 @@ from flax import nnx
 from attention import masks as masks_lib
 from attention.biases import ScoreMod
 from attention.masks import Mask
-from attention.registry import check_implementation, register
+from attention.registry import accumulation_dtype, check_implementation, register
 
 IMPLEMENTATIONS = ('xla',)
 
@@ -89,10 +90,11 @@ def split_mask(mask: Mask | None, *, kind: str = 'topk') -> tuple[Mask | None, A
 def topk_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | None = None,
                    score_mod: ScoreMod | None = None, *, top_k: int,
                    query_chunk_size: int) -> jax.Array:
-  """Top-k attention `[B, T, N, H]` float32 for `q: [B, T, N, H]`, `k, v: [B, S, N, H]`.
+  """Top-k attention `[B, T, N, H]` for `q: [B, T, N, H]`, `k, v: [B, S, N, H]`.
 
   Memory linear in T, backward included (see the module docstring). `top_k ≥ S` is softmax
-  attention.
+  attention. Scores, softmax, sums and the backward are in `accumulation_dtype(q, k, v)`
+  (float32 for bfloat16/float16/float32 inputs, float64 for float64), and so is the output.
   """
   fn, args = _prepare(q, k, v, mask, score_mod, top_k=top_k, query_chunk_size=query_chunk_size)
   return fn(*args)
@@ -102,7 +104,7 @@ def topk_attention_weights(q: jax.Array, k: jax.Array, mask: Mask | None = None,
                            score_mod: ScoreMod | None = None, *, top_k: int,
                            query_chunk_size: int) -> jax.Array:
   """The sparse weights of `topk_attention` as a dense `[B, N, T, S]` array (analysis only)."""
-  v = jnp.zeros(k.shape[:3] + (1,), jnp.float32)
+  v = jnp.zeros(k.shape[:3] + (1,), jnp.result_type(q, k))
   run, args = _prepare(q, k, v, mask, score_mod, top_k=top_k, query_chunk_size=query_chunk_size,
                        weights_only=True)
   return run(*jax.lax.stop_gradient(args))
@@ -120,6 +122,7 @@ def _prepare(q, k, v, mask, score_mod, *, top_k, query_chunk_size, weights_only=
   chunk = min(query_chunk_size, q_len)
   # Chunk starts; the last one is moved back so that no chunk reaches past T.
   starts = np.minimum(np.arange(-(-q_len // chunk)) * chunk, q_len - chunk).astype(np.int32)
+  dtype = accumulation_dtype(q, k, v)
   if score_mod is None:
     mod_def, mod_state = None, {}
   else:
@@ -127,10 +130,10 @@ def _prepare(q, k, v, mask, score_mod, *, top_k, query_chunk_size, weights_only=
     # Evaluate the mod once at the last chunk's (static) offset, so a position table that is
     # too small fails here with its own message instead of being clamped inside the scan.
     jax.eval_shape(lambda st: nnx.merge(mod_def, st)(
-        jnp.zeros((batch, heads, chunk, kv_len), jnp.float32), q_offset=int(starts[-1])),
+        jnp.zeros((batch, heads, chunk, kv_len), dtype), q_offset=int(starts[-1])),
         mod_state)
   plan = _Plan(top_k=min(top_k, kv_len), chunk=chunk, starts=starts, q_len=q_len,
-               static_mask=static_mask, mod_def=mod_def, scale=q.shape[-1] ** -0.5)
+               static_mask=static_mask, mod_def=mod_def, scale=q.shape[-1] ** -0.5, dtype=dtype)
   if weights_only:
     return plan.dense_weights, (q, k, valid_q, valid_k, mod_state)
   return plan.attention(), (q, k, v, valid_q, valid_k, mod_state)
@@ -139,9 +142,10 @@ def _prepare(q, k, v, mask, score_mod, *, top_k, query_chunk_size, weights_only=
 class _Plan:
   """The chunked forward, the recomputing backward and their custom_vjp, for fixed settings."""
 
-  def __init__(self, *, top_k, chunk, starts, q_len, static_mask, mod_def, scale):
+  def __init__(self, *, top_k, chunk, starts, q_len, static_mask, mod_def, scale, dtype):
     self.top_k, self.chunk, self.starts, self.q_len = top_k, chunk, starts, q_len
     self.static_mask, self.mod_def, self.scale = static_mask, mod_def, scale
+    self.dtype = dtype  # accumulation_dtype(q, k, v): scores, sums and gradients
     # Rows of a chunk at or past `owned_from` are its own; earlier ones (only in the shifted
     # last chunk) belong to the previous chunk.
     self.owned_from = (np.arange(len(starts)) * chunk).astype(np.int32)
@@ -152,8 +156,8 @@ class _Plan:
     return jax.lax.dynamic_slice_in_dim(x, start, self.chunk, axis=1)
 
   def _scores(self, q_c, k, start, mod_state):
-    """Scaled scores after the score mod: [B, N, C, S] float32."""
-    s = jnp.einsum('bcnh,bsnh->bncs', q_c, k, preferred_element_type=jnp.float32) * self.scale
+    """Scaled scores after the score mod: [B, N, C, S] in the accumulation dtype."""
+    s = jnp.einsum('bcnh,bsnh->bncs', q_c, k, preferred_element_type=self.dtype) * self.scale
     if self.mod_def is not None:
       s = nnx.merge(self.mod_def, mod_state)(s, q_offset=start)
     return s
@@ -206,7 +210,7 @@ class _Plan:
                             mod_state)
       a = self._scatter(p, idx, kv_len)
       out = jnp.einsum('bncs,bsnh->bcnh', a.astype(v.dtype), v,
-                       preferred_element_type=jnp.float32)
+                       preferred_element_type=self.dtype)
       return None, (out, p, idx)
 
     _, (out, p, idx) = jax.lax.scan(step, None, jnp.asarray(self.starts))
@@ -228,7 +232,7 @@ class _Plan:
   def _backward(self, residuals, d_out):
     q, k, v, valid_q, valid_k, mod_state, p, idx = residuals
     kv_len = k.shape[1]
-    d_out = d_out.astype(jnp.float32)
+    d_out = d_out.astype(self.dtype)
     additive = self.mod_def is None or nnx.merge(self.mod_def, mod_state).additive
 
     def step(carry, x):
@@ -239,25 +243,25 @@ class _Plan:
       do_c = jnp.where(own[None, :, None, None], self._rows(d_out, start), 0.0)   # [B, C, N, H]
       a = self._scatter(p_c, idx_c, kv_len)
       dv = dv + jnp.einsum('bncs,bcnh->bsnh', a, do_c)
-      d_a = jnp.einsum('bcnh,bsnh->bncs', do_c, v, preferred_element_type=jnp.float32)
+      d_a = jnp.einsum('bcnh,bsnh->bncs', do_c, v, preferred_element_type=self.dtype)
       d_a = jnp.take_along_axis(d_a, idx_c, axis=-1)                 # [B, N, C, k]
       d_logits = p_c * (d_a - jnp.sum(p_c * d_a, axis=-1, keepdims=True))
       d_s = self._scatter(d_logits, idx_c, kv_len)                   # dL/d(modded scores)
       if self.mod_def is not None:
         # Only a multiplicative mod needs the raw scores for its vjp.
         s_raw = (jnp.zeros_like(d_s) if additive else
-                 jnp.einsum('bcnh,bsnh->bncs', q_c, k, preferred_element_type=jnp.float32)
+                 jnp.einsum('bcnh,bsnh->bncs', q_c, k, preferred_element_type=self.dtype)
                  * self.scale)
         _, vjp = jax.vjp(lambda s, st: nnx.merge(self.mod_def, st)(s, q_offset=start),
                          s_raw, mod_state)
         d_s, d_st = vjp(d_s)
         d_state = jax.tree.map(jnp.add, d_state, d_st)
       d_s = d_s * self.scale
-      dq_c = jnp.einsum('bncs,bsnh->bcnh', d_s, k, preferred_element_type=jnp.float32)
-      dk = dk + jnp.einsum('bncs,bcnh->bsnh', d_s, q_c, preferred_element_type=jnp.float32)
+      dq_c = jnp.einsum('bncs,bsnh->bcnh', d_s, k, preferred_element_type=self.dtype)
+      dk = dk + jnp.einsum('bncs,bcnh->bsnh', d_s, q_c, preferred_element_type=self.dtype)
       return (dk, dv, d_state), dq_c
 
-    init = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32),
+    init = (jnp.zeros(k.shape, self.dtype), jnp.zeros(v.shape, self.dtype),
             jax.tree.map(jnp.zeros_like, mod_state))
     xs = (jnp.asarray(self.starts), jnp.asarray(self.owned_from), p, idx)
     (dk, dv, d_state), dq = jax.lax.scan(step, init, xs)
@@ -265,7 +269,8 @@ class _Plan:
     return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None, d_state)
 
   def attention(self):
-    """f(q, k, v, valid_q, valid_k, mod_state) → out [B, T, N, H] float32, with the custom vjp."""
+    """f(q, k, v, valid_q, valid_k, mod_state) → out [B, T, N, H] (accumulation dtype), with
+    the custom vjp."""
 
     @jax.custom_vjp
     def f(q, k, v, valid_q, valid_k, mod_state):
@@ -281,7 +286,10 @@ class _Plan:
 
 @register('topk')
 class TopKAttention(nnx.Module):
-  """Top-k attention core: `core(q, k, v, mask, *, score_mod)`, q [B, T, N, H] → [B, T, N, H]."""
+  """Top-k attention core: `core(q, k, v, mask, *, score_mod)`, q [B, T, N, H] → [B, T, N, H].
+
+  The output is in `v`'s dtype, computed in `accumulation_dtype(q, k, v)` (attention/registry.py).
+  """
 
   @classmethod
   def default_config(cls) -> ml_collections.ConfigDict:

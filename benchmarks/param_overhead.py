@@ -3,14 +3,18 @@
     python benchmarks/param_overhead.py [--iwslt_src_vocab=8848] [--iwslt_tgt_vocab=6632] \
         [--wmt_vocab=32768] [--wq_neg_bias] [--out=benchmarks/results/param_overhead.json]
 
-Heo & Choi (2024, arXiv 2410.15578) report +0.1 % to +0.84 % parameters for daGPAM
-(docs/references/dagpam.md §1.5). This counts the parameters of the two encoder–decoder shapes
-the paper's NMT experiments most plausibly use (anchors.md §B.3, §B.4):
+Heo & Choi (2024, "Generalized Probabilistic Attention Mechanism in Transformers",
+arXiv:2410.15578) report +0.1 % to +0.84 % parameters for daGPAM across tasks. That range is
+known second-hand, from the ICLR 2025 reviews of the paper (one reviewer puts it at about 1 %);
+the paper's model configurations are not known. This counts the parameters of the two
+encoder–decoder shapes its IWSLT14 and WMT14 experiments most plausibly use, the standard fairseq
+recipes (the `size=paper` configs):
 
 - IWSLT14 de-en, fairseq `transformer_iwslt_de_en`: 6 + 6 layers, d = 512, FFN 1024, 4 heads,
   separate source/target dictionaries, `--share-decoder-input-output-embed`;
 - WMT14 en-de base, fairseq `transformer_wmt_en_de`: 6 + 6 layers, d = 512, FFN 2048, 8 heads,
-  one joined dictionary with `--share-all-embeddings` (the Scaling NMT recipe).
+  one joined dictionary with `--share-all-embeddings` (the Scaling NMT recipe, Ott et al. 2018,
+  "Scaling Neural Machine Translation", arXiv:1806.00187).
 
 with softmax attention and with daGPAM in every attention module (encoder self, decoder self and
 encoder–decoder attention: 18 modules), W_Q⁻ shared by the heads or per head, λ fixed or
@@ -19,7 +23,7 @@ no memory): `models.seq2seq.EncoderDecoder` from the `size=paper` model config o
 `configs/iwslt14.py` and `configs/wmt14.py` (post-LN as fairseq's defaults, so no final
 LayerNorm; sinusoidal positions, no parameters; tied output projections add nothing).
 
-Dictionary sizes are not in anchors.md; the defaults come from fairseq-preprocess logs:
+The recipes do not state dictionary sizes; the defaults come from fairseq-preprocess logs:
 IWSLT14 `prepare-iwslt14.sh` + separate dictionaries gives "[de] Dictionary: 8848 types",
 "[en] Dictionary: 6632 types"; the Scaling NMT WMT'16/14 en-de data (32k joint BPE,
 `--joined-dictionary`) gives "Dictionary: 32768 types". fairseq's own `prepare-wmt14en2de.sh`
@@ -55,7 +59,7 @@ _OUT = flags.DEFINE_string(
     'out', str(Path(__file__).resolve().parent / 'results' / 'param_overhead.json'),
     'Where to write the table as JSON.')
 
-# The range the paper reports (dagpam.md §1.5, from the ICLR 2025 reviews).
+# The range the paper reports, as quoted in its ICLR 2025 reviews.
 PAPER_OVERHEAD_PERCENT = (0.1, 0.84)
 
 # (label, attention.kind, attention.dagpam overrides)
@@ -150,7 +154,7 @@ def main(argv):
   for r in rows:
     print(f'{r["recipe"]:<15} {r["variant"]:<42} {r["params"]:>12,} {r["extra"]:>10,} '
           f'{r["overhead_percent"]:>8.3f}%')
-  print(f'\npaper (dagpam.md §1.5): +{PAPER_OVERHEAD_PERCENT[0]}% to '
+  print(f'\npaper (as quoted in its ICLR 2025 reviews): +{PAPER_OVERHEAD_PERCENT[0]}% to '
         f'+{PAPER_OVERHEAD_PERCENT[1]}% parameters')
 
   result = dict(

@@ -168,7 +168,7 @@ def _run_config(task: str) -> ml_collections.ConfigDict:
   # exit code 3 naming the step (the last checkpoint stays the newest); `skip_update`: the
   # update is dropped, training goes on, and the skips are counted (`skipped_updates`).
   c.nan_policy = 'stop'       # stop | skip_update
-  c.inject_nonfinite_step = 0  # testing only: update k's loss is made +inf (0 = off)
+  c.inject_nonfinite_step = 0  # testing only: update k's token weights are made +inf (0 = off)
   return c
 
 

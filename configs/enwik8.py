@@ -8,13 +8,15 @@
 `train.txt/valid.txt/test.txt` byte files for smaller corpora. Presets: `size=tiny|small|paper`,
 `attention=<kind>`, `steps=<N>`.
 
-size=paper mirrors the 12-layer Transformer-XL recipe (Dai et al. 2019, `run_enwik8_base.sh`;
-`references/anchors.md` B.2), which reached **1.06 test BPC with 41M parameters**: 12 layers,
+size=paper mirrors the 12-layer Transformer-XL recipe (Dai et al. 2019, "Transformer-XL:
+Attentive Language Models Beyond a Fixed-Length Context", arXiv:1901.02860; the authors'
+`run_enwik8_base.sh`), which reached **1.06 test BPC with 41M parameters**: 12 layers,
 d_model 512, 8 heads × 64, FFN 2048, dropout 0.1, attention dropout 0; Adam lr 2.5e-4, no
 warmup, cosine decay to 0 over 400k steps, gradient clipping 0.25; 512-byte segments, batch 22.
 That 1.06 relies on Transformer-XL's recurrent memory and relative positions, which this
 fixed-context LM does not have: the fair reference for it is the 12-layer vanilla character
-Transformer of Al-Rfou et al. 2018, **1.11 BPC with 44M parameters** (fixed 512-byte context,
+Transformer of Al-Rfou et al. 2018 ("Character-Level Language Modeling with Deeper
+Self-Attention", arXiv:1808.04444), **1.11 BPC with 44M parameters** (fixed 512-byte context,
 with auxiliary losses we do not use). Evaluation here slides 512-byte windows scoring the last
 64 bytes of each (`eval_context_window` 448).
 size=small: 4 layers × 256, 256-byte segments. size=tiny: 2 layers × 128, a smoke test.

@@ -12,7 +12,7 @@ separate dictionaries per language (fairseq-preprocess without --joined-dictiona
 point `data.dir` at a prepared folder, or train on valid with `--config.data.train='("valid",)'`.
 Presets: `size=tiny|small|paper`, `attention=<kind>`, `steps=<N>`.
 
-size=paper mirrors fairseq's `examples/translation` README (`references/anchors.md` B.3):
+size=paper mirrors fairseq's `examples/translation` README (`transformer_iwslt_de_en`):
   6+6 post-LN layers, d_model 512, FFN 1024, 4 heads, ReLU, sinusoidal positions, shared decoder
   input/output embedding; dropout 0.3, attention and activation dropout 0; Adam (0.9, 0.98) with
   decoupled weight decay 1e-4, lr 5e-4, inverse-sqrt with 4000 warmup updates from 0, no

@@ -10,9 +10,10 @@ Salesforce research release) or `train.txt/valid.txt/test.txt`. fairseq semantic
 ends with `</s>`, vocabulary from train sorted by frequency; the WikiText-103 test set is 245,569
 tokens. Presets: `size=tiny|small|paper`, `attention=<kind>`, `steps=<N>`.
 
-size=paper mirrors Baevski & Auli (ICLR 2019), fairseq `transformer_lm_wiki103`, which reached
+size=paper mirrors Baevski & Auli (ICLR 2019, "Adaptive Input Representations for Neural
+Language Modeling", arXiv:1809.10853), fairseq `transformer_lm_wiki103`, which reached
 **18.7 test perplexity** (17.97 valid) with 247M parameters, evaluated with
-`--context-window 2560` on 3072-token blocks (`references/anchors.md` B.1):
+`--context-window 2560` on 3072-token blocks:
   16 pre-LN decoder layers (no final norm), d_model 1024, FFN 4096, 8 heads, ReLU, sinusoidal
   positions; dropout 0.3, attention dropout 0.1, activation dropout 0.1; adaptive input and
   adaptive softmax, cutoffs 20000,60000, factor 4, tied weights and projections, adaptive-softmax

@@ -13,14 +13,15 @@ sample of the training data for training, newstest2013 for validation and the fu
 newstest2014 for test.
 Presets: `size=tiny|small|paper`, `attention=<kind>`, `steps=<N>`.
 
-size=paper mirrors Transformer base (`references/anchors.md` B.4): 6+6 post-LN layers,
-d_model 512, FFN 2048, 8 heads, dropout 0.1, label smoothing 0.1; Adam (0.9, 0.98, ε 1e-9) with
-lr = 512^-0.5 · min(step^-0.5, step · 4000^-1.5), i.e. inverse-sqrt with peak 7.0e-4 after 4000
-warmup updates; ≈25k source + 25k target tokens per update (here 4096 tokens per device ×
-6 accumulated micro-batches on one device; with 8 devices set optimizer.grad_accum_steps=1 for
-≈33k); 100k updates; average of the last 5 checkpoints; beam 4, GNMT length penalty α = 0.6,
-output length ≤ input + 50. Reported: **27.3 BLEU** (tokenized, compound-split); fairseq's
-reproduction without averaging lands near 26.6; report sacreBLEU too (fairseq's advice).
+size=paper mirrors Transformer base ("Attention Is All You Need", arXiv:1706.03762): 6+6
+post-LN layers, d_model 512, FFN 2048, 8 heads, dropout 0.1, label smoothing 0.1; Adam (0.9,
+0.98, ε 1e-9) with lr = 512^-0.5 · min(step^-0.5, step · 4000^-1.5), i.e. inverse-sqrt with peak
+7.0e-4 after 4000 warmup updates; ≈25k source + 25k target tokens per update (here 4096
+tokens per device × 6 accumulated micro-batches on one device; with 8 devices set
+optimizer.grad_accum_steps=1 for ≈33k); 100k updates; average of the last 5 checkpoints;
+beam 4, GNMT length penalty α = 0.6, output length ≤ input + 50. Reported: **27.3 BLEU**
+(tokenized, compound-split); fairseq's reproduction without averaging lands near 26.6; report
+sacreBLEU too (fairseq's advice).
 size=small: 3+3 pre-LN layers × 256 (FFN 1024, 4 heads), 8k sentencepiece vocabulary: the
 CPU-sized model of the miniature on the offline pairs (docs/results.md).
 size=tiny: 1+1 layers × 64, 1k vocabulary, a smoke test of the whole path.

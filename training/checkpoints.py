@@ -265,7 +265,7 @@ class Checkpoints:
   # ------------------------------------------------------------------------------- restoring
 
   def _restore(self, step: int, items: dict[str, Any]) -> dict:
-    self.verify(step, tuple(items))
+    """Orbax's restore of `items` at `step`, whose files have been verified."""
     quiet = logging.getLogger('asyncio')
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # TensorStore failures also print event-loop tracebacks
@@ -281,6 +281,7 @@ class Checkpoints:
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
     """(state, data_state) at `step`, arrays placed like `abstract_state`'s leaves."""
+    self.verify(step)
     train_target = {k: v for k, v in abstract_state.items() if k != 'params'}
     restored = self._restore(step, {
         'params': ocp.args.StandardRestore(abstract_state['params']),
@@ -290,6 +291,7 @@ class Checkpoints:
 
   def restore_params(self, step: int, abstract_params: Any) -> Any:
     """The parameters at `step` alone (the optimizer state is neither read nor checked)."""
+    self.verify(step, ('params',))
     return self._restore(step, {'params': ocp.args.StandardRestore(abstract_params)})['params']
 
   def last_steps(self, n: int) -> list[int]:

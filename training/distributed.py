@@ -27,9 +27,22 @@ _initialized = False
 
 
 def maybe_initialize() -> None:
+  """`jax.distributed.initialize()` once, when this is one process of several.
+
+  JAX reads the coordinator from `JAX_COORDINATOR_ADDRESS` and the process count and id from
+  SLURM, Open MPI or the TPU environment; elsewhere (e.g. several processes on one machine)
+  set `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` too. CPU processes exchange data through gloo.
+  """
   global _initialized
   if not _initialized and multi_host_environment():
-    jax.distributed.initialize()
+    env = os.environ
+    kwargs = {}
+    if env.get('JAX_NUM_PROCESSES') and env.get('JAX_PROCESS_ID'):
+      kwargs = dict(num_processes=int(env['JAX_NUM_PROCESSES']),
+                    process_id=int(env['JAX_PROCESS_ID']))
+    if env.get('JAX_PLATFORMS', '').split(',')[0] == 'cpu':
+      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(**kwargs)
   _initialized = True
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import logging
 from tqdm import tqdm
 
@@ -139,8 +140,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: Path, *,
       steps.make_train_step(graphdef, rest, optimizer,
                             grad_accum_steps=config.optimizer.grad_accum_steps,
                             label_smoothing=config.label_smoothing, teacher=teacher,
-                            distill_config=config.attention.sea if teacher else None,
-                            inject_nonfinite_step=config.inject_nonfinite_step),
+                            distill_config=config.attention.sea if teacher else None),
       donate_argnums=0)
   if teacher is not None:
     train_step = functools.partial(
@@ -315,11 +315,13 @@ def _train(plan: _Plan, stop: signals.StopRequest) -> dict:
     while step < config.train_steps:
       local = next(train_iter)
       local = {k: v.reshape((accum, -1) + v.shape[1:]) for k, v in local.items()}
+      window['tokens'] += (int(local['weights'].sum()) if config.task == 'translation'
+                           else config.batch_size * config.seq_len)
+      if step + 1 == config.inject_nonfinite_step:  # fault injection: this update's loss is inf
+        local['weights'] = np.where(local['weights'] > 0, np.float32(np.inf), local['weights'])
       state, m = plan.train_step(state, distributed.global_batch(local, mesh, batch_axis=1))
       step += 1
       pending.append((step, m))
-      window['tokens'] += (int(local['weights'].sum()) if config.task == 'translation'
-                           else config.batch_size * config.seq_len)
       bar.update(1)
       is_last = step == config.train_steps
       if step % config.log_every == 0 or is_last:

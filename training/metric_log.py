@@ -108,13 +108,15 @@ class MetricLog:
   def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
     if not self.enabled:
       return
-    values = {k: float(v) for k, v in metrics.items() if not isinstance(v, (list, dict, str))}
+    values = {k: v if isinstance(v, int) else float(v) for k, v in metrics.items()
+              if not isinstance(v, (list, dict, str))}
     row = json_safe({'step': int(step), 'split': split, **values,
                      **{k: v for k, v in metrics.items() if k not in values}})
     with self.path.open('a') as f:
       f.write(json.dumps(row, allow_nan=False) + '\n')
     for k, v in values.items():
-      self._tb.add_scalar(f'{split}/{k}', v, int(step))
+      if math.isfinite(v):  # a non-finite value is in the JSON line as null, flagged
+        self._tb.add_scalar(f'{split}/{k}', v, int(step))
     self._tb.flush()
 
   def close(self) -> None:

@@ -51,8 +51,7 @@ def _forward_nll(graphdef, params, rest, batch: Batch, *, key, label_smoothing: 
 
 def make_train_step(graphdef, rest, optimizer: optax.GradientTransformation, *,
                     grad_accum_steps: int, label_smoothing: float,
-                    teacher: Any = None, distill_config: Any = None,
-                    inject_nonfinite_step: int = 0) -> Callable:
+                    teacher: Any = None, distill_config: Any = None) -> Callable:
   """`train_step(state, batch, teacher_params=None) -> (state, metrics)`.
 
   Batch arrays are [micro-batches, B, T]. With a `teacher` (training/distill.py `Teacher`) the
@@ -63,8 +62,7 @@ def make_train_step(graphdef, rest, optimizer: optax.GradientTransformation, *,
   An update whose loss, gradient norm or update norm is not finite is not applied: parameters
   and optimizer state stay as they were (the step counter still advances), and
   `metrics['nonfinite']` is 1. The loop decides whether that stops the run or is counted as a
-  skipped update (`nan_policy`). `inject_nonfinite_step` = k > 0 makes the loss of update k
-  (1-based) +inf, for the fault-injection tests.
+  skipped update (`nan_policy`).
   """
 
   def loss_sums(params, micro: Batch, key, teacher_params):
@@ -104,10 +102,6 @@ def make_train_step(graphdef, rest, optimizer: optax.GradientTransformation, *,
     (grads, loss_sum, weight, extra), _ = jax.lax.scan(
         body, (zeros, jnp.float32(0), jnp.float32(0), extra0),
         (jnp.arange(grad_accum_steps), batch))
-    if inject_nonfinite_step > 0:
-      poison = jnp.where(state['step'] + 1 == inject_nonfinite_step, jnp.inf, 0.0)
-      loss_sum = loss_sum + poison
-      grads = jax.tree.map(lambda g: g + poison.astype(g.dtype), grads)
     denom = jnp.maximum(weight, 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
     grad_norm = optax.global_norm(grads)
