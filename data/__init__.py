@@ -58,7 +58,9 @@ def lm_data_config(name: str) -> ml_collections.ConfigDict:
   c.tfds_name = _DEFAULT_TFDS_NAMES[name]   # registered builder in data/tfds_builders/
   c.tfds_data_dir = ''     # '' = TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
   c.tfds_manual_dir = ''   # official archive/files for preparing offline ('' = download)
-  c.cache_dir = ''         # '' = $ATTENTION_LAB_CACHE or ~/.cache/attention_lab
+  # Tokenized streams: '' = $ATTENTION_LAB_CACHE, else $XDG_CACHE_HOME/attention_lab, else
+  # ~/.cache/attention_lab (data/cache.py; safe to delete).
+  c.cache_dir = ''
   c.padding_factor = 8     # word vocabulary padded to a multiple of this (fairseq default)
   # MQAR (data/synthetic.py); the sequence length is the trainer's seq_len.
   c.num_kv_pairs = 8

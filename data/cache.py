@@ -11,8 +11,24 @@ The key is a SHA-256 over each source file's resolved path, size and modificatio
 source file, or changing the tokenization code's version, gives a new key. Stale entries are never
 overwritten; delete the cache directory to reclaim space.
 
-The cache never lives beside the data (`../shared` is read-only to the project): it is
-`data.cache_dir` when set, else `$ATTENTION_LAB_CACHE`, else `~/.cache/attention_lab`.
+**What is cached.** One folder per producer under the cache root: `wikitext/` and `enwik8/`
+(tokenized int32 streams and their vocabularies), `translation/` (encoded parallel splits of
+IWSLT14 / WMT14) and `sentencepiece/` (trained joint sentencepiece models). Nothing else is
+written there, and nothing in it is the only copy of anything: the whole folder is safe to delete
+whenever no run is building an entry (the next run rebuilds what it needs, tokenizing again; a
+sentencepiece model is retrained with a fixed seed, and a workdir records the sha256 of its
+vocabulary and token streams, so a rebuilt entry that differed would be refused, not used).
+
+**Where.** The cache never lives beside the data (a data folder may be read-only). The root is,
+first match wins:
+
+1. `data.cache_dir` in the config, when set;
+2. `$ATTENTION_LAB_CACHE`, when set and non-empty (e.g. `ATTENTION_LAB_CACHE=/scratch/al-cache`);
+3. `$XDG_CACHE_HOME/attention_lab`, when `XDG_CACHE_HOME` is set and non-empty (the XDG base
+   directory convention);
+4. `~/.cache/attention_lab`.
+
+`~` is expanded in all of them. `resolve_cache_dir()` returns the root in use.
 """
 
 from __future__ import annotations
@@ -31,14 +47,22 @@ import uuid
 import numpy as np
 
 ENV_VAR = 'ATTENTION_LAB_CACHE'
-DEFAULT_DIR = '~/.cache/attention_lab'
+CACHE_NAME = 'attention_lab'
+DEFAULT_DIR = f'~/.cache/{CACHE_NAME}'  # when neither $ATTENTION_LAB_CACHE nor $XDG_CACHE_HOME
 _TMP_PREFIX = '.tmp-'
 _STALE_TMP_SECONDS = 24 * 3600
 
 
 def resolve_cache_dir(configured: str = '') -> Path:
-  """`configured`, else `$ATTENTION_LAB_CACHE`, else `~/.cache/attention_lab` (user-expanded)."""
-  return Path(configured or os.environ.get(ENV_VAR) or DEFAULT_DIR).expanduser()
+  """`configured`, else `$ATTENTION_LAB_CACHE`, else `$XDG_CACHE_HOME/attention_lab`, else
+  `~/.cache/attention_lab` (user-expanded; empty variables count as unset)."""
+  if configured:
+    return Path(configured).expanduser()
+  if os.environ.get(ENV_VAR):
+    return Path(os.environ[ENV_VAR]).expanduser()
+  if os.environ.get('XDG_CACHE_HOME'):
+    return Path(os.environ['XDG_CACHE_HOME']).expanduser() / CACHE_NAME
+  return Path(DEFAULT_DIR).expanduser()
 
 
 def _files_under(path: Path) -> list[Path]:

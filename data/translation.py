@@ -133,7 +133,7 @@ def translation_data_config(name: str) -> ml_collections.ConfigDict:
   c.tfds_name = 'iwslt14' if iwslt else wmt14.TFDS_NAME  # features: one text per language
   c.tfds_data_dir = ''          # '' = TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
   c.tfds_manual_dir = ''        # official files for preparing offline ('' = download)
-  c.cache_dir = ''              # '' = $ATTENTION_LAB_CACHE or ~/.cache/attention_lab
+  c.cache_dir = ''              # '' = as for the LM data (data/cache.py)
   c.padding_factor = 8          # fairseq dictionaries padded to a multiple of this
   c.vocab = 'separate' if iwslt else 'sentencepiece'   # separate | joined | sentencepiece
   c.src_dict = ''               # fairseq dict.<src_lang>.txt to use ('' = build from train)

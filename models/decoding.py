@@ -8,7 +8,8 @@
         bos_id=bos, eos_id=eos, pad_id=pad, length_penalty=LengthPenalty('fairseq', 1.0))
 
 The search is model-independent and pure JAX: one `lax.while_loop`, fixed-size buffers, any batch
-size, so it runs inside `jax.jit` with the step function closed over. Recipes (anchors B.3, B.4):
+size, so it runs inside `jax.jit` with the step function closed over. The published recipes
+(fairseq's translation examples, and Vaswani et al. 2017, arXiv:1706.03762, §6.1):
 
 | recipe | beam | length penalty | max length (tokens before EOS) |
 |---|---|---|---|

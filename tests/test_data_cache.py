@@ -85,8 +85,30 @@ def test_a_damaged_entry_is_rebuilt(tmp_path):
 
 
 def test_cache_dir_resolution(monkeypatch, tmp_path):
+  assert cache.ENV_VAR == 'ATTENTION_LAB_CACHE'  # also named in tests/conftest.py
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
   monkeypatch.setenv(cache.ENV_VAR, str(tmp_path / 'env'))
   assert cache.resolve_cache_dir('') == tmp_path / 'env'
   assert cache.resolve_cache_dir(str(tmp_path / 'cfg')) == tmp_path / 'cfg'
+  monkeypatch.setenv(cache.ENV_VAR, '')  # empty = unset
+  assert cache.resolve_cache_dir('') == tmp_path / 'xdg' / 'attention_lab'
   monkeypatch.delenv(cache.ENV_VAR)
+  assert cache.resolve_cache_dir('') == tmp_path / 'xdg' / 'attention_lab'
+  monkeypatch.delenv('XDG_CACHE_HOME')
   assert cache.resolve_cache_dir('') == cache.Path('~/.cache/attention_lab').expanduser()
+  monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+  assert cache.resolve_cache_dir('') == tmp_path / 'home' / '.cache' / 'attention_lab'
+
+
+def test_the_suite_keeps_the_cache_in_its_basetemp(tmp_path_factory):
+  """conftest.py points the variable at the session's basetemp (the user's cache stays clean)."""
+  root = tmp_path_factory.getbasetemp().resolve()
+  assert root in cache.resolve_cache_dir('').resolve().parents
+
+
+def test_the_environment_variable_is_where_entries_go(monkeypatch, tmp_path):
+  """The producers pass `resolve_cache_dir(data.cache_dir)`: with cache_dir '' the variable wins."""
+  monkeypatch.setenv(cache.ENV_VAR, str(tmp_path / 'env'))
+  entry = cache.load_or_build(cache.resolve_cache_dir(''), 'ns', 'k', _build([]))
+  assert entry.path == tmp_path / 'env' / 'ns' / 'k'
+  assert (tmp_path / 'env' / 'ns' / 'k' / 'tokens.npy').is_file()

@@ -357,6 +357,7 @@ def test_prepare_refuses_an_existing_out_dir(tmp_path):
     iwslt14.prepare(tmp_path / 'missing', tmp_path / 'out')
 
 
+@pytest.mark.usefixtures('library_tempdir')  # TFDS's tmp…tfds folders (conftest.py)
 def test_tfds_builder_yields_the_prepared_pairs(prepared, tmp_path):
   pytest.importorskip('tensorflow_datasets', reason='tensorflow-datasets is not installed; '
                       'the iwslt14 TFDS builder cannot be tested')

@@ -3,6 +3,10 @@
 With tensorflow-datasets 4.9.10 both preparing (`download_and_prepare`, file_format
 'array_record') and reading (`tfds.data_source`) work in an environment where TensorFlow is not
 installed: the project's test environment has none, and these tests pass there.
+
+TFDS 4.9.10 makes an empty `tmp…tfds` folder with `tempfile.mkdtemp` (never removed) each time a
+builder is made for a dataset not prepared yet (`DatasetInfo.initialize_from_bucket`); the
+`library_tempdir` fixture (conftest.py) keeps them in the test's tmp_path.
 """
 
 import zipfile
@@ -22,6 +26,8 @@ pytest.importorskip(
 
 import data  # pylint: disable=g-import-not-at-top
 from data import tfds_source  # pylint: disable=g-import-not-at-top
+
+pytestmark = pytest.mark.usefixtures('library_tempdir')  # TFDS's tmp…tfds folders
 
 WIKI_TEXT = {
     'train': ' \n = Valkyria Chronicles = \n \n The game began development in 2010 . \n'

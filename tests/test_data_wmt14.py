@@ -161,6 +161,7 @@ def test_real_misaligned_files_are_an_error(tmp_path):
 # ------------------------------------------------------------------------------------ TFDS
 
 
+@pytest.mark.usefixtures('library_tempdir')  # TFDS's tmp…tfds folders (conftest.py)
 def test_tfds_records_are_read_in_the_configured_direction(tmp_path):
   tfds = pytest.importorskip('tensorflow_datasets', reason='tensorflow-datasets is not installed')
   pytest.importorskip('array_record', reason='array_record is not installed (ArrayRecord files)')

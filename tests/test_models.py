@@ -157,7 +157,7 @@ def test_learned_positions_longer_than_max_len_raises():
 @pytest.mark.parametrize('pre_norm', [True, False])
 def test_tiny_training_reduces_loss(pre_norm):
   # Residual/embedding dropout exercises the dropout path; each dropout site costs seconds of
-  # CPU compile time (threefry), so attention/activation dropout stay off here.
+  # CPU compile time (threefry), so attention and activation dropout stay off here.
   model = make_lm(pre_norm=pre_norm, dropout=0.1)
   optimizer = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
   tokens = random_tokens(3, (4, 12))

@@ -86,7 +86,7 @@ def ref_column(pos_j, length_i, width):
 
 
 def ref_counts(row_valid, lengths, k, width, heads, mode):
-  """Per-group selection counts, written out per mode (§1.4 step 7)."""
+  """Per-group selection counts, written out per mode (attention/sea.py step 7, `grouped_top_k`)."""
   batch, t = row_valid.shape
   per_row = np.where(row_valid, np.round(k * width / np.maximum(lengths, 1)), 0)
   if mode == 'query':

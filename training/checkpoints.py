@@ -232,20 +232,22 @@ class Checkpoints:
     self._manager.wait_until_finished()
     if jax.process_index() == 0:
       write_manifest(self.step_dir(step), step, valid_loss)
-    _sync(f'checkpoint_commit_{step}')
+    _sync(f'checkpoint_commit_{step}')  # every process sees the manifest
     self._pending = None
-    self._prune()
+    superseded = self._superseded()
+    _sync(f'checkpoint_prune_{step}')   # every process has listed before any deletes
+    for old in superseded:
+      self._manager.delete(old)
     return step
 
-  def _prune(self) -> None:
+  def _superseded(self) -> list[int]:
+    """Committed steps that are neither among the last `keep` nor the best."""
     steps = self.all_steps()
     keep = set(steps[-self.keep:])
     best = self.best_step()
     if best is not None:
       keep.add(best)
-    for step in steps:
-      if step not in keep:
-        self._manager.delete(step)
+    return [s for s in steps if s not in keep]
 
   def set_aside(self, steps: list[int], destination: Path) -> list[Path]:
     """Moves step folders out of the way (never deletes them); where they went."""

@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from tqdm import tqdm
 
-from training import builders, distill, distributed, evaluate, optim, signals, steps, translate
+from training import builders, distill, distributed, evaluate, optim, progress, signals, steps
+from training import translate
 from training import checkpoints as ckpt_lib
 from training import workdir as workdir_lib
 from training.metric_log import MetricLog, json_safe
@@ -281,7 +282,7 @@ def _train(plan: _Plan, stop: signals.StopRequest) -> dict:
                            float(schedule(step - 1)))
       row['skipped_updates'] = skipped
       metric_log.write(step, 'train', row)
-      bar.set_postfix(loss=f'{row["loss"]:.3f}')
+      bar.set_postfix(f'loss {row["loss"]:.3f}')
     window.update(sums=None, applied=0, seen=0, tokens=0, start=time.perf_counter())
 
   def drain() -> int:
@@ -306,8 +307,8 @@ def _train(plan: _Plan, stop: signals.StopRequest) -> dict:
         raise NonFiniteError(s, _nonfinite_names(values), last_saved or None)
     return skipped
 
-  bar = tqdm(total=config.train_steps, initial=start, desc='train', unit='step',
-             disable=not config.progress_bar or jax.process_index() != 0, dynamic_ncols=True)
+  bar = progress.Progress('train', config.train_steps, unit='steps', initial=start,
+                          enabled=config.progress_bar and jax.process_index() == 0)
   step = start
   try:
     if start >= config.train_steps:  # nothing left to train: report the finished run
@@ -332,8 +333,10 @@ def _train(plan: _Plan, stop: signals.StopRequest) -> dict:
         drain()
         last_valid = validate(step, config.eval_batches)
         valid_loss = last_valid['loss']
-        bar.write(f'step {step}: valid ' + ', '.join(
-            f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}' for k, v in last_valid.items()))
+        if jax.process_index() == 0:
+          bar.write(f'step {step}: valid ' + ', '.join(
+              f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}'
+              for k, v in last_valid.items()), file=sys.stdout)
         if not math.isfinite(valid_loss):
           if config.nan_policy == 'stop':
             raise NonFiniteError(step, ['validation loss'], last_saved or None)

@@ -23,10 +23,10 @@ import jax
 import ml_collections
 import numpy as np
 from flax import nnx
-from tqdm import tqdm
 
 from models import decoding
 from training import bleu, distributed
+from training.progress import DEFAULT_INTERVAL, Progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,25 +126,34 @@ class Translator:
     return min(math.floor(s.max_len_a * source_width + s.max_len_b), self.cap) + 1
 
   def translate(self, params, split: str, *, max_sentences: int | None = None,
-                progress: bool = False) -> list[str]:
-    """Hypotheses for the first `max_sentences` sentences of `split` (all when None), in order."""
+                progress: bool = False, progress_interval: float = DEFAULT_INTERVAL) -> list[str]:
+    """Hypotheses for the first `max_sentences` sentences of `split` (all when None), in order.
+
+    `progress` reports sentences decoded on stderr (process 0 only): a tqdm bar on a terminal,
+    else a plain line at most every `progress_interval` seconds and a final one with the time
+    taken.
+    """
     n = self.data.num_examples(split)
     n = n if max_sentences is None else min(n, max_sentences)
     batches = self.data.eval_batches(split, limit=n, **eval_batching(self.settings.max_tokens))
     out: list[str | None] = [None] * n
     pad = self.data.pad_id
-    for batch in tqdm(batches, desc=f'decode {split}', disable=not progress, leave=False):
-      source = batch['source']
-      # fairseq's src_len counts the source EOS (the data layer appends it).
-      max_lens = decoding.max_output_lengths((source != pad).sum(1), a=self.settings.max_len_a,
-                                             b=self.settings.max_len_b, cap=self.cap)
-      max_len = self.buffer_length(source.shape[1])
-      global_source = distributed.global_batch({'source': source}, self.mesh)['source']
-      tokens, lengths = self._search(params, global_source, max_lens, max_len=max_len)
-      tokens, lengths = (np.asarray(x) for x in _gather((tokens, lengths)))
-      for row, sentence in enumerate(batch['ids']):
-        if sentence >= 0:
-          out[sentence] = self.data.postprocess(tokens[row, :max(lengths[row] - 1, 0)])
+    with Progress(f'decode {split}', n, unit='sentences', interval=progress_interval,
+                  enabled=progress and jax.process_index() == 0) as bar:
+      for batch in batches:
+        source = batch['source']
+        # fairseq's src_len counts the source EOS (the data layer appends it).
+        max_lens = decoding.max_output_lengths((source != pad).sum(1), a=self.settings.max_len_a,
+                                               b=self.settings.max_len_b, cap=self.cap)
+        max_len = self.buffer_length(source.shape[1])
+        global_source = distributed.global_batch({'source': source}, self.mesh)['source']
+        tokens, lengths = self._search(params, global_source, max_lens, max_len=max_len)
+        tokens, lengths = (np.asarray(x) for x in _gather((tokens, lengths)))
+        for row, sentence in enumerate(batch['ids']):
+          if sentence >= 0:
+            out[sentence] = self.data.postprocess(tokens[row, :max(lengths[row] - 1, 0)])
+        # This process's real rows (all of them on one host).
+        bar.update(int((np.asarray(batch['ids']) >= 0).sum()))
     missing = [i for i, h in enumerate(out) if h is None]
     if missing:
       raise RuntimeError(f'{len(missing)} sentence(s) of {split} were not decoded (first: '
