@@ -22,7 +22,10 @@ size=paper mirrors fairseq's `examples/translation` README (`transformer_iwslt_d
   BLEU, ≈34.4–35.2 in the literature (≈35 with the last checkpoints averaged). fairseq's
   validation BLEU during training uses max_len_a 1.2, max_len_b 10.
 size=small: 3+3 pre-LN layers × 256 (FFN 1024, 4 heads), a CPU-sized model for comparisons.
-size=tiny: 1+1 layers × 64, a smoke test of the whole path in seconds.
+size=tiny: 1+1 layers × 64, a smoke test of the whole path. Measured on 2 CPU cores (no
+  accelerator): its 200 updates, trained on the shipped valid set
+  (`--config.data.train='("valid",)'`) with validation BLEU on 20 sentences, took 1m54s
+  including data loading.
 """
 
 from configs import common

@@ -23,7 +23,9 @@ Language Modeling", arXiv:1809.10853), fairseq `transformer_lm_wiki103`, which r
   update-freq 3 × 8 GPUs, here batch_size 24 with grad_accum_steps 3.
 size=small: 4 layers × 256 (FFN 1024, 4 heads), 256-token blocks, Adam with inverse-sqrt decay:
   a CPU-sized model for comparisons on WikiText-2.
-size=tiny: 2 layers × 128, seconds per hundred steps on a CPU: a smoke test of the whole path.
+size=tiny: 2 layers × 128: a smoke test of the whole path. Measured on 2 CPU cores (no
+  accelerator) on WikiText-2: about 80 s per 100 updates (median of the logged windows); the
+  whole 300-update run took 4m52s including tokenization and validation.
 """
 
 from configs import common
