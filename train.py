@@ -67,11 +67,11 @@ def main(argv):
   if _SHOW_CONFIG.value:
     print(config)
     return
-  # pylint: disable=g-import-not-at-top (keeps --help fast)
-  from training import loop, signals
   workdir = (Path(_WORKDIR.value) if _WORKDIR.value
              else default_workdir(config_flags.get_config_filename(flags.FLAGS['config'])))
   with cli.user_errors():
+    # pylint: disable-next=g-import-not-at-top (keeps --help fast)
+    from training import loop, signals
     try:
       loop.train_and_evaluate(config, workdir, resume_intact=_RESUME_INTACT.value)
     except loop.NonFiniteError as e:

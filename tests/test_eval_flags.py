@@ -25,36 +25,27 @@ def _workdir(tmp_path, config_name: str, arg: str):
   return workdir
 
 
-@pytest.mark.parametrize('flags, named', [
-    (['--beam=5'], '--beam'),
-    (['--lenpen=1.0'], '--lenpen'),
-    (['--max_len_b=10'], '--max_len_b'),
-    (['--batch_size=0'], '--batch_size=0'),
-    (['--batch_size=-3'], '--batch_size=-3'),
-    (['--context_window=128'], 'seq_len (128)'),    # size=tiny trains on 128-token blocks
-    (['--context_window=-1'], '--context_window=-1'),
-    (['--average_last=0'], '--average_last=0'),
-    (['--average_last=2', '--checkpoint=last'], '--average_last=N or --checkpoint'),
-])
-def test_language_model_flags(tmp_path, flags, named):
-  workdir = _workdir(tmp_path, 'wikitext103', 'size=tiny')
-  before = _tree(tmp_path)
-  proc = run('eval.py', f'--workdir={workdir}', *flags, check=False)
-  lines = proc.stderr.strip().splitlines()
-  assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
-  assert named in lines[0] and 'no-data-here' not in lines[0]
-  assert _tree(tmp_path) == before
+LM, MT = ('wikitext103', 'size=tiny'), ('iwslt14', 'size=tiny')
 
 
-@pytest.mark.parametrize('flags, named', [
-    (['--context_window=4'], '--context_window'),
-    (['--batch_size=8'], '--batch_size'),
-    (['--beam=0'], '--beam=0'),
-    (['--lenpen=1', '--alpha=0.6'], 'not both'),
-    (['--max_len_a=-1'], '--max_len_a=-1'),
+@pytest.mark.parametrize('task, flags, named', [
+    (LM, ['--beam=5'], '--beam'),
+    (LM, ['--lenpen=1.0'], '--lenpen'),
+    (LM, ['--max_len_b=10'], '--max_len_b'),
+    (LM, ['--batch_size=0'], '--batch_size=0'),
+    (LM, ['--batch_size=-3'], '--batch_size=-3'),
+    (LM, ['--context_window=128'], 'seq_len (128)'),    # size=tiny trains on 128-token blocks
+    (LM, ['--context_window=-1'], '--context_window=-1'),
+    (LM, ['--average_last=0'], '--average_last=0'),
+    (LM, ['--average_last=2', '--checkpoint=last'], '--average_last=N or --checkpoint'),
+    (MT, ['--context_window=4'], '--context_window'),
+    (MT, ['--batch_size=8'], '--batch_size'),
+    (MT, ['--beam=0'], '--beam=0'),
+    (MT, ['--lenpen=1', '--alpha=0.6'], 'not both'),
+    (MT, ['--max_len_a=-1'], '--max_len_a=-1'),
 ])
-def test_translation_flags(tmp_path, flags, named):
-  workdir = _workdir(tmp_path, 'iwslt14', 'size=tiny')
+def test_flags_are_checked_before_loading(tmp_path, task, flags, named):
+  workdir = _workdir(tmp_path, *task)
   before = _tree(tmp_path)
   proc = run('eval.py', f'--workdir={workdir}', *flags, check=False)
   lines = proc.stderr.strip().splitlines()

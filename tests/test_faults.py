@@ -214,6 +214,15 @@ def _flip(path: Path, seed: int) -> None:
   path.write_bytes(bytes(data))
 
 
+def _damaged_copy(source: Path, workdir: Path, item: str, seed: int) -> Path:
+  """A copy of `source` with one byte flipped in an array file of the last step's `item`."""
+  shutil.copytree(source, workdir)
+  victim = next(p for p in (workdir / 'checkpoints' / str(STEPS) / item).rglob('*')
+                if p.is_file() and p.parent.name == 'd')
+  _flip(victim, seed)
+  return victim
+
+
 def test_a_flipped_byte_in_any_file_is_detected_on_restore(uninterrupted, tmp_path):
   from training import checkpoints as ckpt_lib  # pylint: disable=g-import-not-at-top
   source = uninterrupted / 'checkpoints' / str(STEPS)
@@ -238,10 +247,7 @@ def test_a_flipped_byte_in_any_file_is_detected_on_restore(uninterrupted, tmp_pa
 
 def test_damaged_newest_checkpoint_is_refused_then_resumed_from_intact(uninterrupted, tmp_path):
   workdir = tmp_path / 'damaged'
-  shutil.copytree(uninterrupted, workdir)
-  victim = next(p for p in (workdir / 'checkpoints' / str(STEPS) / 'train_state').rglob('*')
-                if p.is_file() and p.parent.name == 'd')
-  _flip(victim, seed=0)
+  victim = _damaged_copy(uninterrupted, workdir, 'train_state', seed=0)
   damaged_bytes = victim.read_bytes()
   args = _args('--config.train_steps=50')
   before = _listing(workdir)
@@ -266,10 +272,7 @@ def test_damaged_newest_checkpoint_is_refused_then_resumed_from_intact(uninterru
 
 def test_eval_names_an_earlier_intact_step_when_parameters_are_damaged(uninterrupted, tmp_path):
   workdir = tmp_path / 'damaged-params'
-  shutil.copytree(uninterrupted, workdir)
-  victim = next(p for p in (workdir / 'checkpoints' / str(STEPS) / 'params').rglob('*')
-                if p.is_file() and p.parent.name == 'd')
-  _flip(victim, seed=1)
+  _damaged_copy(uninterrupted, workdir, 'params', seed=1)
   before = _listing(workdir)
   proc = run('eval.py', f'--workdir={workdir}', '--checkpoint=last', check=False)
   assert proc.returncode == 2

@@ -206,6 +206,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
 
 def _train(plan: _Plan, stop: signals.StopRequest) -> dict:
   config, workdir, data, mesh, state = plan.config, plan.workdir, plan.data, plan.mesh, plan.state
+  if stop.before_training():  # a signal while the run was prepared: nothing written yet
+    raise signals.Interrupted(stop.signum, plan.start, saved=False)
   workdir.mkdir(parents=True, exist_ok=True)
   workdir_lib.record(workdir, 'config', workdir_lib.config_to_dict(config))
   workdir_lib.record(workdir, 'data', data.describe())

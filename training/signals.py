@@ -27,10 +27,11 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class Interrupted(Exception):
   """The run stopped on a signal after saving `step`; exit with `exit_code`."""
 
-  def __init__(self, signum: int, step: int):
+  def __init__(self, signum: int, step: int, *, saved: bool = True):
     self.signum, self.step = signum, step
     self.exit_code = 128 + signum
-    super().__init__(f'interrupted at step {step} by {signal.Signals(signum).name}; saved; '
+    what = 'saved' if saved else 'nothing new to save'
+    super().__init__(f'interrupted at step {step} by {signal.Signals(signum).name}; {what}; '
                      'rerun the same command to resume')
 
 
@@ -62,6 +63,11 @@ class StopRequest:
       signal.signal(sig, signal.SIG_DFL)
     if self._multi_host and signum == signal.SIGINT:
       os.kill(os.getpid(), signal.SIGTERM)  # let JAX coordinate the stop across hosts
+
+  def before_training(self) -> bool:
+    """Whether a signal came while the run was being prepared (one process; with several,
+    JAX's sync point decides at the first step)."""
+    return not self._multi_host and self.signum is not None
 
   def should_stop(self, step: int) -> bool:
     """Whether to save `step` and stop; on several hosts, called at every step by all."""
