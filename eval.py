@@ -163,10 +163,11 @@ def run(workdir: Path, checkpoint: str, split: str, context_window: int | None,
             **out, 'checkpoint': label, 'step': step, 'steps': chosen,
             'protocol': {'seq_len': config.seq_len, 'context_window': cw,
                          'stride': config.seq_len - cw, 'data': config.data.name}}
+  result = json_safe(result)
   out_dir = workdir / 'eval'
   out_dir.mkdir(exist_ok=True)
   (out_dir / f'{split}-{label if average_last else step}-cw{cw}.json').write_text(
-      json.dumps(json_safe(result), indent=2, allow_nan=False) + '\n')
+      json.dumps(result, indent=2, allow_nan=False) + '\n')
   return result
 
 
@@ -206,7 +207,8 @@ def run_translation(workdir: Path, checkpoint: str, split: str, *, beam: int | N
             'checkpoint': label, 'steps': chosen,
             'protocol': {**protocol, 'direction': f'{data.src_lang}-{data.tgt_lang}',
                          'text_level': data.text_level, 'data': config.data.name}}
-  (out_dir / f'{tag}.json').write_text(json.dumps(json_safe(result), indent=2, allow_nan=False) + '\n')
+  result = json_safe(result)
+  (out_dir / f'{tag}.json').write_text(json.dumps(result, indent=2, allow_nan=False) + '\n')
   return result
 
 
@@ -215,7 +217,6 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:  # Orbax logs every save at INFO
     logging.set_verbosity(logging.WARNING)
   from training import workdir as wd  # pylint: disable=g-import-not-at-top
-  from training.metric_log import json_safe  # pylint: disable=g-import-not-at-top
   workdir = Path(_WORKDIR.value)
   given = {name: flags.FLAGS[name].value for name in
            LM_FLAGS + TRANSLATION_FLAGS + ('average_last', 'checkpoint')
@@ -231,7 +232,7 @@ def main(argv):
     else:
       result = run(workdir, _CHECKPOINT.value, _SPLIT.value, _CONTEXT.value, _BATCH.value,
                    average_last=_AVERAGE.value)
-  print(json.dumps(json_safe(result), allow_nan=False), flush=True)
+  print(json.dumps(result, allow_nan=False), flush=True)
 
 
 if __name__ == '__main__':

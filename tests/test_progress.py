@@ -5,7 +5,7 @@ import io
 import pytest
 
 from training import progress as progress_lib
-from training.progress import Progress, format_duration, track
+from training.progress import Progress, format_duration
 
 
 class FakeClock:
@@ -129,22 +129,6 @@ def test_durations(seconds, text):
 
 def test_rates():
   assert [progress_lib.format_rate(r) for r in (1234.5, 12.34, 0.254)] == ['1234', '12.3', '0.25']
-
-
-def test_track_counts_items_and_takes_the_total_from_len():
-  clock, log = FakeClock(), io.StringIO()
-  items = []
-  for x in track([1, 2, 3, 4], 'eval', unit='batches', stream=log, interval=2, clock=clock):
-    clock.advance(1)
-    items.append(x)
-  assert items == [1, 2, 3, 4]
-  # An item counts once the loop body is done with it (when the next one is asked for).
-  assert _lines(log) == ['eval: 2/4 batches (50%), 1.0 batches/s, ETA 2.0s',
-                         'eval: 4/4 batches (100%), 1.0 batches/s, ETA 0.0s',
-                         'eval: 4/4 batches in 4.0s (1.0 batches/s)']
-  log = io.StringIO()
-  list(track(iter(range(3)), 'eval', stream=log, clock=FakeClock()))  # no len(): unknown total
-  assert _lines(log) == ['eval: 3 it in 0.0s']
 
 
 def test_evaluate_reports_batches_and_knows_the_total_from_len(capsys):

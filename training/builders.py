@@ -15,7 +15,7 @@ import attention
 import data as data_lib
 from models.lm import TransformerLM
 from models.seq2seq import EncoderDecoder
-from training import distributed, optim
+from training import distributed
 
 TASKS = ('lm', 'translation')
 NAN_POLICIES = ('stop', 'skip_update')
@@ -104,14 +104,6 @@ def initial_state(config, params, optimizer) -> dict:
       'rng': jax.random.PRNGKey(config.seed + 2),
       'skipped_updates': jnp.asarray(0, jnp.int32),
   }
-
-
-def abstract_state(config, params, mesh) -> dict:
-  """Shapes, dtypes and shardings of a run's state, without allocating it (restore target)."""
-  optimizer = optim.make_optimizer(config.optimizer, config.train_steps)
-  shapes = jax.eval_shape(lambda p: initial_state(config, p, optimizer), params)
-  sharding = distributed.replicated(mesh)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
 
 
 def abstract_params(params, mesh):

@@ -35,6 +35,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from training import distributed
+
 MANIFEST = 'checksums.json'
 _ITEMS = ('params', 'train_state', 'data')
 
@@ -107,10 +109,9 @@ def read_manifest(step_dir: Path, step: int) -> dict:
 def verify_step(step_dir: Path, step: int, items: tuple[str, ...] = _ITEMS) -> dict:
   """Checks the files of `items` (and the step's own metadata) against the manifest."""
   manifest = read_manifest(step_dir, step)
-  expected = {rel: v for rel, v in manifest['files'].items()
-              if rel.split('/', 1)[0] in items or '/' not in rel}
-  present = {rel: p for rel, p in _step_files(step_dir).items()
-             if rel.split('/', 1)[0] in items or '/' not in rel}
+  wanted = lambda rel: '/' not in rel or rel.split('/', 1)[0] in items
+  expected = {rel: v for rel, v in manifest['files'].items() if wanted(rel)}
+  present = {rel: p for rel, p in _step_files(step_dir).items() if wanted(rel)}
   for rel in sorted(set(expected) | set(present)):
     if rel not in present:
       raise DamagedCheckpointError(step, f'{rel} is missing')
@@ -130,13 +131,13 @@ class Checkpoints:
       raise ValueError(f'keep_checkpoints must be ≥ 1, got {keep}')
     self.directory = Path(directory).absolute()
     self.keep = keep
-    self.read_only = read_only
     # No Orbax preservation policy: pruning is ours, after the newer step is committed.
     options = ocp.CheckpointManagerOptions(read_only=read_only, create=not read_only,
                                            enable_async_checkpointing=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=_ITEMS)
     self._pending: tuple[int, float | None] | None = None
+    self._verified: set[tuple[int, tuple[str, ...]]] = set()  # (step, items) hashed already
 
   # -------------------------------------------------------------------------------- listing
 
@@ -198,7 +199,11 @@ class Checkpoints:
     return step
 
   def verify(self, step: int, items: tuple[str, ...] = _ITEMS) -> None:
-    verify_step(self.step_dir(step), step, items)
+    """DamagedCheckpointError unless the files of `items` match the manifest (each (step,
+    items) is hashed once per instance: a resume verifies its step, then restores it)."""
+    if (step, items) not in self._verified:
+      verify_step(self.step_dir(step), step, items)
+      self._verified.add((step, items))
 
   def newest_intact(self, below: int | None = None, items: tuple[str, ...] = _ITEMS) -> int | None:
     """The newest committed step (older than `below`) whose files match their manifest."""
@@ -232,10 +237,10 @@ class Checkpoints:
     self._manager.wait_until_finished()
     if jax.process_index() == 0:
       write_manifest(self.step_dir(step), step, valid_loss)
-    _sync(f'checkpoint_commit_{step}')  # every process sees the manifest
+    distributed.sync(f'checkpoint_commit_{step}')  # every process sees the manifest
     self._pending = None
     superseded = self._superseded()
-    _sync(f'checkpoint_prune_{step}')   # every process has listed before any deletes
+    distributed.sync(f'checkpoint_prune_{step}')   # every process has listed before any deletes
     for old in superseded:
       self._manager.delete(old)
     return step
@@ -249,9 +254,8 @@ class Checkpoints:
       keep.add(best)
     return [s for s in steps if s not in keep]
 
-  def set_aside(self, steps: list[int], destination: Path) -> list[Path]:
-    """Moves step folders out of the way (never deletes them); where they went."""
-    moved = []
+  def set_aside(self, steps: list[int], destination: Path) -> None:
+    """Moves step folders out of the way (never deletes them)."""
     if jax.process_index() == 0:
       destination.mkdir(parents=True, exist_ok=True)
       for step in steps:
@@ -259,10 +263,8 @@ class Checkpoints:
         if target.exists():
           target = destination / f'{step}-{time.strftime("%Y%m%d-%H%M%S")}'
         shutil.move(str(self.step_dir(step)), str(target))
-        moved.append(target)
-    _sync('checkpoint_set_aside')
+    distributed.sync('checkpoint_set_aside')
     self._manager.reload()
-    return moved
 
   # ------------------------------------------------------------------------------- restoring
 
@@ -317,18 +319,9 @@ class Checkpoints:
       total = params64 if total is None else jax.tree.map(np.add, total, params64)
     return jax.tree.map(lambda t, a: (t / len(steps)).astype(a.dtype), total, abstract_params)
 
-  def wait(self) -> None:
-    self.commit()
-
   def close(self) -> None:
     self.commit()
     self._manager.close()
-
-
-def _sync(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices(name)
 
 
 def abstract_like(tree: Any) -> Any:

@@ -79,9 +79,8 @@ def define_config_file(name: str, default: str, help_text: str):
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing whose errors are one line and exit 2 (app.run's `flags_parser`)."""
-  repo = Path(__file__).resolve().parents[1]
-  _check_config_file(argv, repo)
+  """absl flag parsing whose errors are one line and exit 2 (app.run's `flags_parser`); a
+  --config file is checked where the flag is defined (`define_config_file`)."""
   try:
     rest = flags.FLAGS(argv)
   except (flags.Error, KeyError, ValueError, TypeError, AttributeError) as e:
@@ -100,5 +99,5 @@ def user_errors():
   except (ValueError, FileNotFoundError, CheckpointError) as e:
     fail(str(e))
   except KeyboardInterrupt:
-    print('interrupted before training started; nothing was saved', file=sys.stderr)
+    print('interrupted before anything was written', file=sys.stderr)
     sys.exit(130)

@@ -46,6 +46,13 @@ def maybe_initialize() -> None:
   _initialized = True
 
 
+def sync(name: str) -> None:
+  """A barrier across processes (nothing with one process); `name` must match on all."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
 def data_mesh() -> Mesh:
   """All devices on one `data` axis: the batch is split across them, parameters replicated."""
   return Mesh(np.asarray(jax.devices()), ('data',))

@@ -104,7 +104,7 @@ class _Plan:
   start: int
   data_state: dict | None
   train_step: Any
-  teacher: Any
+  micro_rows: int
   teacher_note: str
   set_aside: list[int]
   notes: list[str]
@@ -115,6 +115,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: Path, *,
   """Checks the run and reads what it resumes from; writes nothing (see the module docstring)."""
   mesh = distributed.data_mesh()
   micro_rows = builders.check_config(config, mesh.size)
+  if config.task == 'translation' and distill.enabled(config):
+    raise ValueError('attention distillation (attention.sea.distill) is implemented for the '
+                     'language model only; set attention.sea.distill=false for translation')
   data = builders.build_data(config)
   config_dict = workdir_lib.config_to_dict(config)
   workdir_lib.check_recorded(workdir, 'config', config_dict, ignore=workdir_lib.RESUMABLE_KEYS)
@@ -125,9 +128,6 @@ def prepare(config: ml_collections.ConfigDict, workdir: Path, *,
   n_params = sum(x.size for x in jax.tree.leaves(params))
   optimizer = optim.make_optimizer(config.optimizer, config.train_steps)
   teacher, teacher_note = None, ''
-  if config.task == 'translation' and distill.enabled(config):
-    raise ValueError('attention distillation (attention.sea.distill) is implemented for the '
-                     'language model only; set attention.sea.distill=false for translation')
   if distill.enabled(config):
     teacher = distill.load_teacher(config, data.describe(), mesh)
     # The student starts from the teacher; a resumed run restores its own state over this.
@@ -161,8 +161,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: Path, *,
         state, data_state = checkpoints.restore(start, ckpt_lib.abstract_like(state))
     finally:
       checkpoints.close()
+  # Every process has read the workdir before any process writes to it.
+  distributed.sync('run_prepared')
   return _Plan(config, workdir, data, mesh, graphdef, rest, n_params, state, start, data_state,
-               train_step, teacher, teacher_note, aside, notes)
+               train_step, micro_rows, teacher_note, aside, notes)
 
 
 def _resume_point(checkpoints: ckpt_lib.Checkpoints, workdir: Path,
@@ -209,8 +211,9 @@ def _train(plan: _Plan, stop: signals.StopRequest) -> dict:
   if stop.before_training():  # a signal while the run was prepared: nothing written yet
     raise signals.Interrupted(stop.signum, plan.start, saved=False)
   workdir.mkdir(parents=True, exist_ok=True)
-  workdir_lib.record(workdir, 'config', workdir_lib.config_to_dict(config))
-  workdir_lib.record(workdir, 'data', data.describe())
+  if jax.process_index() == 0:
+    workdir_lib.record(workdir, 'config', workdir_lib.config_to_dict(config))
+    workdir_lib.record(workdir, 'data', data.describe())
   checkpoints = ckpt_lib.Checkpoints(workdir / 'checkpoints', keep=config.keep_checkpoints)
   if plan.set_aside:
     checkpoints.set_aside(plan.set_aside, workdir / SET_ASIDE)
@@ -219,7 +222,6 @@ def _train(plan: _Plan, stop: signals.StopRequest) -> dict:
     print(note, flush=True)
   start = plan.start
   accum = config.optimizer.grad_accum_steps
-  micro_rows = 0 if config.task == 'translation' else config.batch_size // accum // jax.process_count()
   if config.task == 'translation':
     # fairseq's --max-tokens is per device. Every process plans the same global batches (same
     # seed) and takes its own rows, so all processes step through the same shapes.
@@ -228,7 +230,7 @@ def _train(plan: _Plan, stop: signals.StopRequest) -> dict:
                                      num_micro=accum, process_index=jax.process_index(),
                                      process_count=jax.process_count())
   else:
-    train_iter = data.train_iterator(batch_size=micro_rows * accum, seq_len=config.seq_len,
+    train_iter = data.train_iterator(batch_size=plan.micro_rows * accum, seq_len=config.seq_len,
                                      seed=config.seed + 1000 * jax.process_index())
   if start:
     train_iter.set_state(plan.data_state)
@@ -270,32 +272,32 @@ def _train(plan: _Plan, stop: signals.StopRequest) -> dict:
     print(f'{plan.n_params:,} parameters; {mesh.size} device(s); training steps {start}..'
           f'{config.train_steps}; workdir {workdir}', flush=True)
   # Sums of the updates applied since the last train row (the running skip count apart).
-  window = {'sums': None, 'applied': 0, 'seen': 0, 'tokens': 0, 'start': time.perf_counter()}
+  window = {'sums': None, 'applied': 0, 'seen': 0, 'tokens': 0, 'start': time.perf_counter(),
+            'skipped': int(state['skipped_updates'])}  # the running count, read once here
   pending: list[tuple[int, dict]] = []
   last_valid, last_saved = None, start
 
-  def log_window(step: int, skipped: int) -> None:
+  def log_window(step: int) -> None:
     if window['applied'] == 0:  # every update of the window was skipped
       if window['seen']:
-        metric_log.write(step, 'train', {'skipped_updates': skipped})
+        metric_log.write(step, 'train', {'skipped_updates': window['skipped']})
     else:
       row = _train_log_row(window['sums'], window['applied'],
                            time.perf_counter() - window['start'], window['tokens'], data.metric,
                            float(schedule(step - 1)))
-      row['skipped_updates'] = skipped
+      row['skipped_updates'] = window['skipped']
       metric_log.write(step, 'train', row)
       bar.set_postfix(f'loss {row["loss"]:.3f}')
     window.update(sums=None, applied=0, seen=0, tokens=0, start=time.perf_counter())
 
-  def drain() -> int:
+  def drain() -> None:
     """Fetches the metrics of the updates in flight, stopping at a non-finite one under
-    nan_policy=stop; the running count of skipped updates."""
+    nan_policy=stop."""
     fetched = jax.device_get([m for _, m in pending])
     at = [s for s, _ in pending]
     pending.clear()
-    skipped = int(state['skipped_updates'])
     for s, m in zip(at, fetched):
-      skipped = int(m['skipped_updates'])
+      window['skipped'] = int(m['skipped_updates'])
       finite = m['nonfinite'] == 0
       values = {k: float(v) for k, v in m.items() if k not in ('nonfinite', 'skipped_updates')}
       window['seen'] += 1
@@ -305,9 +307,8 @@ def _train(plan: _Plan, stop: signals.StopRequest) -> dict:
           sums[k] += values[k]
         window['applied'] += 1
       if not finite and config.nan_policy == 'stop':
-        log_window(s, skipped)  # the row shows the non-finite values as null
+        log_window(s)  # the row shows the non-finite values as null
         raise NonFiniteError(s, _nonfinite_names(values), last_saved or None)
-    return skipped
 
   bar = progress.Progress('train', config.train_steps, unit='steps', initial=start,
                           enabled=config.progress_bar and jax.process_index() == 0)
@@ -328,7 +329,8 @@ def _train(plan: _Plan, stop: signals.StopRequest) -> dict:
       bar.update(1)
       is_last = step == config.train_steps
       if step % config.log_every == 0 or is_last:
-        log_window(step, drain())
+        drain()
+        log_window(step)
         checkpoints.commit()  # the previous save is done by now: make it count
       valid_loss = None
       if step % config.eval_every == 0 or is_last:
@@ -359,7 +361,7 @@ def _train(plan: _Plan, stop: signals.StopRequest) -> dict:
     metric_log.close()
 
   summary = json_safe({'step': step, 'split': 'valid', 'parameters': int(plan.n_params),
-                       'skipped_updates': int(state['skipped_updates']), **last_valid})
+                       'skipped_updates': window['skipped'], **last_valid})
   if jax.process_index() == 0:
     workdir_lib.atomic_write_json(workdir / 'final.json', summary)
     print('final ' + json.dumps(summary, allow_nan=False), flush=True)

@@ -1,15 +1,13 @@
-"""Progress of long evaluations and decodes: a tqdm bar on a terminal, plain lines in a log.
+"""Progress of training, evaluation and decoding: a tqdm bar on a terminal, plain lines in a log.
 
     with Progress('decode test', total=3003, unit='sentences') as p:
       for batch in batches:
         ...
         p.update(len(batch))
 
-or `for x in track(items, 'eval valid', unit='batches'): ...`.
-
 Where the output goes (`stream`, default `sys.stderr` at construction) decides the form:
 
-* a terminal (`stream.isatty()`): a tqdm bar, removed when done (`leave=False`), as before;
+* a terminal (`stream.isatty()`): a tqdm bar, removed when done (`leave=False`);
 * anything else (a file, a pipe, a batch scheduler's log): plain lines, at most one every
   `interval` seconds (default 30), written when `update` is called (so nothing appears while
   one step runs longer than that), and always one final line on `close()`:
@@ -32,14 +30,12 @@ can drive the cadence and the arithmetic without sleeping. No dependency besides
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 import sys
 import time
-from typing import TextIO, TypeVar
+from typing import TextIO
 
 from tqdm import tqdm
-
-T = TypeVar('T')
 
 DEFAULT_INTERVAL = 30.0
 
@@ -193,22 +189,3 @@ class Progress:
 
   def __exit__(self, *exc) -> None:
     self.close()
-
-
-def track(iterable: Iterable[T], desc: str, *, total: int | None = None, unit: str = 'it',
-          **kwargs) -> Iterator[T]:
-  """Yields the items of `iterable`, counting one per item (`total` defaults to its `len()`).
-
-  `kwargs` are those of `Progress`. The final line comes when the iterable is exhausted or the
-  generator is closed (a `break` in CPython closes it at once); use `Progress` directly where
-  that matters.
-  """
-  if total is None:
-    try:
-      total = len(iterable)  # type: ignore[arg-type]
-    except TypeError:
-      total = None
-  with Progress(desc, total, unit=unit, **kwargs) as p:
-    for item in iterable:
-      yield item
-      p.update()

@@ -1,10 +1,10 @@
 """Pure functions that run inside `jax.jit`: the train step and the evaluation step.
 
-The model lives as (graphdef, params, rest) (training/builders.py `split_model`): `params` is a pure nested dict of float32 arrays
-(what the optimizer updates and the checkpoint stores), `rest` the non-parameter NNX state
-(RNG streams). Dropout keys are derived from the run's base key and the step number
-(`fold_in(rng, step)`, then the micro-batch index), so a resumed run draws exactly the masks
-the uninterrupted run would have drawn.
+The model lives as (graphdef, params, rest) (training/builders.py `split_model`): `params` is
+a pure nested dict of float32 arrays (what the optimizer updates and the checkpoint stores),
+`rest` the non-parameter NNX state (RNG streams). Dropout keys are derived from the run's base
+key and the step number (`fold_in(rng, step)`, then the micro-batch index), so a resumed run
+draws exactly the masks the uninterrupted run would have drawn.
 
 Losses and metrics are token-weighted: every function returns sums and a denominator (the
 number of weighted tokens), never a mean of means (as the Flax examples do).
