@@ -22,6 +22,22 @@ The hypotheses are written one per line to W/eval/<split>-<checkpoint>-<protocol
 line holds the three BLEUs (tokenized as multi-bleu.perl, tokenized with compound splitting,
 sacreBLEU with its signature; training/bleu.py), the split's loss, and the protocol.
 
+Analysis (`--analysis=norms|alignment|collapse|maps`, the library in analysis/): one JSON line,
+and under W/analysis/ the JSON, the arrays (.npz) and the pictures (.png) of
+<analysis>-<split or text>-step<N>:
+  norms      the norm-based analysis of every attention layer (Kobayashi et al. 2020,
+             arXiv:2004.10102): weights vs ‖α f(x)‖ per token category, mixing ratios
+             (Kobayashi et al. 2021, arXiv:2109.07152), Spearman correlations, maps of example 0
+  alignment  translation only: word alignment from the cross-attention, AER per layer and head,
+             weights vs norms, AWO vs AWI, against gold links (--gold_file, --source_file,
+             --target_file; defaults: the synthetic task's own gold, or the RWTH de-en gold in
+             ../shared/data/rwth-deen-alignment for a de→en model); alignments in Pharaoh form
+  collapse   rank collapse and gradient norms per layer (and the LM's pure attention stack)
+  maps       every layer × head map of one sentence (the first of --split, or --text)
+--num_examples limits the sequences (sentences) used; --text analyses one text instead of a
+split (translation: "source ||| target", as the model's tokenizer expects it). Nothing is
+written until the analysis has finished, so a refused or failed run leaves W/analysis/ as it was.
+
 Only the parameters of a checkpoint are read, after their files are checked against the
 checksums saved with them; a damaged step is named with the newest earlier step whose
 parameters are intact. Flags that do not apply to the workdir's task (--beam on a language
@@ -61,9 +77,22 @@ _MAX_LEN_B = flags.DEFINE_integer('max_len_b', None, 'Translation: see --max_len
 _AVERAGE = flags.DEFINE_integer('average_last', None, 'Translation and LM: average the '
                                 'parameters of the N most recent checkpoints instead of '
                                 'loading --checkpoint.')
+_ANALYSIS = flags.DEFINE_string('analysis', '', 'Analyse instead of evaluating: norms, '
+                                'alignment, collapse or maps (see the module docstring).')
+_NUM_EXAMPLES = flags.DEFINE_integer('num_examples', None, 'Analysis: sequences or sentences '
+                                     'to analyse (default: 16 for norms and collapse, every '
+                                     'gold sentence for alignment, 1 for maps).')
+_TEXT = flags.DEFINE_string('text', None, 'Analysis: one text to analyse instead of --split '
+                            '(translation: "source ||| target").')
+_GOLD = flags.DEFINE_string('gold_file', None, 'Alignment: gold links, 1-based i-j (sure) and '
+                            'ipj (possible), one line per sentence.')
+_SOURCE = flags.DEFINE_string('source_file', None, 'Alignment: the gold source sentences, '
+                              'whitespace-tokenized words (BPE tokens for a BPE model).')
+_TARGET = flags.DEFINE_string('target_file', None, 'Alignment: the gold target sentences.')
 
 
 LM_FLAGS = ('context_window', 'batch_size')
+ANALYSIS_FLAGS = ('analysis', 'num_examples', 'text', 'gold_file', 'source_file', 'target_file')
 TRANSLATION_FLAGS = ('beam', 'lenpen', 'alpha', 'max_len_a', 'max_len_b')
 
 
@@ -93,6 +122,25 @@ def check_flags(config, given: dict) -> None:
   for name in ('max_len_a', 'max_len_b'):
     if given.get(name) is not None and given[name] < 0:
       raise ValueError(f'--{name}={given[name]}: expected a value ≥ 0')
+  analysis = given.get('analysis')
+  if analysis:
+    from analysis.report import ANALYSES  # pylint: disable=g-import-not-at-top
+    if analysis not in ANALYSES:
+      raise ValueError(f'--analysis={analysis!r} is not an analysis; known: {", ".join(ANALYSES)}')
+    if analysis == 'alignment' and task == 'lm':
+      raise ValueError('--analysis=alignment needs a translation workdir (it reads the '
+                       'encoder–decoder attention); this workdir holds a language model')
+    if analysis == 'alignment' and given.get('text') is not None:
+      raise ValueError('--text does not apply to --analysis=alignment, which reads gold '
+                       'sentences (--source_file, --target_file, --gold_file)')
+    if given.get('num_examples') is not None and given['num_examples'] < 1:
+      raise ValueError(f'--num_examples={given["num_examples"]}: expected at least 1')
+  else:
+    stray = [f'--{n}' for n in ANALYSIS_FLAGS if n in given and n != 'analysis']
+    if stray:
+      raise ValueError(f'{" ".join(stray)} only apply(ies) with --analysis=...')
+  if analysis and given.get('average_last') is not None:
+    raise ValueError('--average_last does not apply to --analysis; give --checkpoint')
   if given.get('average_last') is not None:
     if given['average_last'] < 1:
       raise ValueError(f'--average_last={given["average_last"]}: expected a positive number '
@@ -101,16 +149,17 @@ def check_flags(config, given: dict) -> None:
       raise ValueError('give --average_last=N or --checkpoint, not both')
 
 
-def _load(workdir: Path, checkpoint: str, average_last: int | None):
+def _load(workdir: Path, checkpoint: str, average_last: int | None, *, config=None,
+          data=None):
   """(config, data, graphdef, rest, params, mesh, label, steps) of a workdir's checkpoint(s).
 
   Only the parameters are read (and checked against their checksums): a damaged optimizer
-  state never blocks an evaluation.
+  state never blocks an evaluation. `config`/`data` given are used instead of loading them.
   """
   from training import builders, checkpoints as ckpt_lib, distributed, workdir as wd
 
-  config = wd.load_config(workdir)
-  data = builders.build_data(config)
+  config = config or wd.load_config(workdir)
+  data = data or builders.build_data(config)
   wd.check_recorded(workdir, 'data', data.describe())  # refuse scoring other data
   graphdef, params, rest = builders.split_model(builders.build_model(config))
   mesh = distributed.data_mesh()
@@ -212,6 +261,56 @@ def run_translation(workdir: Path, checkpoint: str, split: str, *, beam: int | N
   return result
 
 
+def run_analysis(workdir: Path, analysis: str, checkpoint: str, split: str, *,
+                 num_examples: int | None = None, text: str | None = None,
+                 gold_file: str | None = None, source_file: str | None = None,
+                 target_file: str | None = None) -> dict:
+  """Runs one analysis (analysis/report.py) on a checkpoint; the dict eval.py prints."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top (keeps --help fast)
+  from analysis import inputs as inputs_lib, report
+  from training import builders, workdir as wd
+  from training.metric_log import json_safe
+
+  config = wd.load_config(workdir)
+  if config.attention.kind == 'dagpam' or any(
+      config.model.get(f'{r}_attention') == 'dagpam' for r in ('encoder', 'decoder', 'cross')):
+    config.attention.dagpam.sow_branches = True  # P⁺, P⁻ for the branch decomposition
+  translation = config.get('task', 'lm') == 'translation'
+  gold = None
+  if analysis == 'alignment':
+    gold = inputs_lib.read_gold(config, split, gold_file=gold_file, source_file=source_file,
+                                target_file=target_file)   # checked before anything is loaded
+  data = builders.build_data(config)
+  info = inputs_lib.token_info(data, translation)
+  if gold is not None:
+    gold = inputs_lib.segment_gold(data, gold)
+  if text is not None:
+    batches = [inputs_lib.text_batch(data, config, text, translation)]
+  else:
+    count = num_examples or (1 if analysis == 'maps' else 16)
+    batches = None if analysis == 'alignment' else inputs_lib.split_batches(
+        data, config, split, count, translation)
+  _, data, graphdef, rest, params, _, _, chosen = _load(workdir, checkpoint, None,
+                                                        config=config, data=data)
+  model = nnx.merge(graphdef, params, rest)
+  step = chosen[-1]
+  name = f'{analysis}-{"text" if text is not None else split}-step{step}'
+  meta = {'checkpoint': checkpoint, 'step': step, 'split': None if text else split,
+          'text': text, 'data': config.data.name}
+  if analysis == 'norms':
+    out = report.norms(model, batches, info, name=name, meta=meta)
+  elif analysis == 'maps':
+    out = report.maps(model, batches[0], info, name=name, meta=meta)
+  elif analysis == 'collapse':
+    out = report.collapse(model, batches, name=name, meta=meta)
+  else:
+    out = inputs_lib.alignment_output(model, data, gold, name=name, meta=meta,
+                                      limit=num_examples)
+  out.summary = json_safe(out.summary)
+  files = report.write(out, workdir / 'analysis')
+  return {**out.summary, 'files': files}
+
+
 def main(argv):
   del argv  # cli.parse_flags refuses stray arguments
   if not flags.FLAGS['verbosity'].present:  # Orbax logs every save at INFO
@@ -219,12 +318,17 @@ def main(argv):
   from training import workdir as wd  # pylint: disable=g-import-not-at-top
   workdir = Path(_WORKDIR.value)
   given = {name: flags.FLAGS[name].value for name in
-           LM_FLAGS + TRANSLATION_FLAGS + ('average_last', 'checkpoint')
+           LM_FLAGS + TRANSLATION_FLAGS + ANALYSIS_FLAGS + ('average_last', 'checkpoint')
            if flags.FLAGS[name].present}
   with cli.user_errors():
     config = wd.load_config(workdir)
     check_flags(config, given)
-    if config.get('task', 'lm') == 'translation':
+    if _ANALYSIS.value:
+      result = run_analysis(workdir, _ANALYSIS.value, _CHECKPOINT.value, _SPLIT.value,
+                            num_examples=_NUM_EXAMPLES.value, text=_TEXT.value,
+                            gold_file=_GOLD.value, source_file=_SOURCE.value,
+                            target_file=_TARGET.value)
+    elif config.get('task', 'lm') == 'translation':
       result = run_translation(workdir, _CHECKPOINT.value, _SPLIT.value, beam=_BEAM.value,
                                lenpen=_LENPEN.value, alpha=_ALPHA.value,
                                max_len_a=_MAX_LEN_A.value, max_len_b=_MAX_LEN_B.value,

@@ -43,7 +43,8 @@ Options (`attention.dagpam.*`):
     softplus⁻¹(λ_init) = log(exp(λ_init) − 1), so λ stays > 0 throughout training (needs
     λ_init > 0); 'raw': λ is the parameter itself (any sign once training moves it).
   sow_branches: with `sow_weights=True`, also sow P⁺ and P⁻ as 'positive_weights' and
-    'negative_weights' `[B, N, T, S]` (next to the combined 'attention_weights').
+    'negative_weights' `[B, N, T, S]` (next to the combined 'attention_weights') and (c⁺, c⁻)
+    as 'branch_coefficients' (eval.py --analysis turns it on for the branch decomposition).
 
 Uncertain (the full paper text was not available, and no official code was found):
   * reading A vs reading B of the combination (the switch `combination`); reading A is favoured
@@ -72,7 +73,7 @@ from attention.biases import ScoreMod
 from attention.masks import Mask
 from attention.registry import (accumulation_dtype, check_choice, check_implementation,
                                 register)
-from attention.softmax import attention_weights
+from attention.softmax import attention_weights, scores_probe
 
 COMBINATIONS = ('affine', 'difference')
 WQ_NEG_INITS = ('neg_identity', 'default')
@@ -193,11 +194,15 @@ class DaGPAMAttention(nnx.Module):
     return q_neg
 
   def weights(self, q: jax.Array, k: jax.Array, mask: Mask | None = None,
-              score_mod: ScoreMod | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+              score_mod: ScoreMod | None = None, *, probe: bool = False
+              ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(P, P⁺, P⁻), each `[B, N, T, S]` in `accumulation_dtype(q, k)`; rows of P sum to
-    c⁺ − c⁻ (0 if fully masked)."""
-    p_pos = attention_weights(q, k, mask, score_mod)
-    p_neg = attention_weights(self.negative_queries(q), k, mask, score_mod)
+    c⁺ − c⁻ (0 if fully masked). `probe` marks the scores of both branches ('scores',
+    'negative_scores') for gradients (softmax.scores_probe)."""
+    p_pos = attention_weights(q, k, mask, score_mod,
+                              scores_hook=scores_probe(self, probe, 'scores'))
+    p_neg = attention_weights(self.negative_queries(q), k, mask, score_mod,
+                              scores_hook=scores_probe(self, probe, 'negative_scores'))
     c_pos, c_neg = self.coefficients(p_pos.dtype)
     return c_pos * p_pos - c_neg * p_neg, p_pos, p_neg
 
@@ -206,10 +211,11 @@ class DaGPAMAttention(nnx.Module):
     if q.shape[-1] != self.head_dim or (not self.share_wq_neg and q.shape[2] != self.num_heads):
       raise ValueError(f'attention.kind=dagpam was built for {self.num_heads} heads of width '
                        f'{self.head_dim}; got q of shape {q.shape} ([B, T, N, H])')
-    p, p_pos, p_neg = self.weights(q, k, mask, score_mod)
+    p, p_pos, p_neg = self.weights(q, k, mask, score_mod, probe=sow_weights)
     if sow_weights:
       self.sow(nnx.Intermediate, 'attention_weights', p)
       if self.sow_branches:
+        self.sow(nnx.Intermediate, 'branch_coefficients', self.coefficients(p.dtype))
         self.sow(nnx.Intermediate, 'positive_weights', p_pos)
         self.sow(nnx.Intermediate, 'negative_weights', p_neg)
     p = self.dropout(p, deterministic=deterministic)

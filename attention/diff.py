@@ -43,7 +43,7 @@ from flax import nnx
 from attention.biases import ScoreMod
 from attention.masks import Mask
 from attention.registry import accumulation_dtype, check_implementation, register
-from attention.softmax import attention_weights
+from attention.softmax import attention_weights, scores_probe
 
 
 def lambda_init_for_depth(layer_index: int) -> float:
@@ -124,16 +124,18 @@ class DiffAttention(nnx.Module):
             - jnp.exp(dot(self.lambda_q2, self.lambda_k2)) + self.lambda_init)
 
   def weights(self, q: jax.Array, k: jax.Array, mask: Mask | None = None,
-              score_mod: ScoreMod | None = None) -> jax.Array:
+              score_mod: ScoreMod | None = None, *, probe: bool = False) -> jax.Array:
     """The differential map P1 − λP2, `[B, N/2, T, S]` in `accumulation_dtype(q, k)`, for
-    `q, k: [.., N/2, 2d]`."""
+    `q, k: [.., N/2, 2d]`. `probe` marks the half-head scores `[B, N, T, S]` as 'scores'
+    for gradients (softmax.scores_probe)."""
     b, t, pairs, _ = q.shape
     s = k.shape[1]
     # [.., N/2, 2d] → [.., N, d]: head 2h is Q1 (K1) of pair h and 2h + 1 its Q2 (K2), as the
     # official `view(bsz, len, 2 * num_heads, head_dim)`; scale 1/√d comes from the width d.
     q_halves = q.reshape(b, t, 2 * pairs, self.head_dim)
     k_halves = k.reshape(b, s, 2 * pairs, self.head_dim)
-    p = attention_weights(q_halves, k_halves, mask, score_mod)          # [B, N, T, S]
+    p = attention_weights(q_halves, k_halves, mask, score_mod,
+                          scores_hook=scores_probe(self, probe))     # [B, N, T, S]
     p = p.reshape(b, pairs, 2, t, s)
     return p[:, :, 0] - self.lambda_full(p.dtype) * p[:, :, 1]
 
@@ -146,7 +148,7 @@ class DiffAttention(nnx.Module):
             f'attention.kind=diff expects {name} of shape [B, T|S, {expected[0]}, {expected[1]}] '
             f'(model.num_heads/2 heads of width 2·head_dim, from DiffAttention.projection_shape); '
             f'got {tuple(x.shape)}')
-    p = self.weights(q, k, mask, score_mod)
+    p = self.weights(q, k, mask, score_mod, probe=sow_weights)
     if sow_weights:
       self.sow(nnx.Intermediate, 'attention_weights', p)
     p = self.dropout(p, deterministic=deterministic)
@@ -154,6 +156,13 @@ class DiffAttention(nnx.Module):
                      preferred_element_type=accumulation_dtype(q, k, v))  # [B, T, N/2, 2d]
     # subln: RMSNorm over each head's 2d features (at least float32, as the official RMSNorm),
     # then the fixed (1 − λ_init) that keeps the output scale of the baseline at initialisation.
-    out = out * jax.lax.rsqrt(jnp.mean(out * out, axis=-1, keepdims=True) + self.norm_eps)
-    out = out * self.subln_scale[...].astype(out.dtype) * (1.0 - self.lambda_init)
+    query_scale = jax.lax.rsqrt(jnp.mean(out * out, axis=-1) + self.norm_eps) * (
+        1.0 - self.lambda_init)                                            # [B, T, N/2]
+    value_scale = self.subln_scale[...].astype(out.dtype)                 # [2d]
+    if sow_weights:
+      # out_i = query_scale_i · Σ_j P_ij (value_scale ⊙ v_j): exact per query once the RMS of
+      # its own context is fixed (the norm-based analysis decomposes this, analysis/norms.py).
+      self.sow(nnx.Intermediate, 'query_scale', jnp.transpose(query_scale, (0, 2, 1)))
+      self.sow(nnx.Intermediate, 'value_scale', value_scale)
+    out = out * query_scale[..., None] * value_scale
     return out.astype(v.dtype)

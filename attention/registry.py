@@ -9,8 +9,28 @@ with `q: [B, T, N, H]`, `k, v: [B, S, N, H]` (BTNH, as `jax.nn.dot_product_atten
 `mask: attention.masks.Mask | None` (True = attend) and `score_mod: attention.biases.ScoreMod |
 None` (continuous priors applied to the scaled scores). With `sow_weights=True` a core stores
 its attention weights (or, for linear variants, an estimate of them) with
-`self.sow(nnx.Intermediate, 'attention_weights', w)`, `w: [B, N, T, S]`; analysis code reads
-them back with `nnx.pop(model, nnx.Intermediate)`, so the model has one code path.
+`self.sow(nnx.Intermediate, 'attention_weights', w)`, `w: [B, N, T, S]`; analysis reads them
+back with `attention.capture.attention_maps(model, …)` (under `nnx.capture`, so nothing stays
+on the module), and the model has one code path. What each core sows when asked:
+
+  every core   'attention_weights' [B, N, T, S]: the map that multiplies the values, so that
+               context_i = Σ_j w_ij v_j. Exact for softmax, daGPAM (signed), top-k (sparse)
+               and Performer (the implied, normalised kernel map: the output is exactly this
+               map times V); SEA's is its sparse branch σ(s_prob)·P, which its output mixes
+               with an average branch, so it is an estimate of how SEA mixes its values.
+  daGPAM       with `attention.dagpam.sow_branches`: P⁺, P⁻ as 'positive_weights' /
+               'negative_weights' and (c⁺, c⁻) as 'branch_coefficients', P = c⁺P⁺ − c⁻P⁻.
+  DIFF         'query_scale' [B, N/2, T] and 'value_scale' [2d]: its per-head RMSNorm makes
+               context_i = query_scale_i · Σ_j w_ij (value_scale ⊙ v_j), exact per query.
+  SEA          'estimate', 'estimate_log_probs', 'dense_log_probs' (attention/sea.py).
+The layer around the core sows 'values' (v with its bias) and 'context' (the core's output).
+Cores that form dense scores (softmax, daGPAM's two branches, DIFF) also mark them with
+`perturb('scores', s)` while sowing under `nnx.capture`, so `attention.capture.score_gradients`
+gives ∂loss/∂scores.
+
+Building one core by hand (tests, notebooks) needs no ConfigDict:
+
+    core = make_core('dagpam', num_heads=4, head_dim=16, lambda_pos=0.3)   # defaults + overrides
 
 Registering a new variant is one decorated class in one file:
 
@@ -126,3 +146,44 @@ def create_core(config: ml_collections.ConfigDict, *, num_heads: int, head_dim: 
   cls = core_class(config.kind)
   return cls(num_heads=num_heads, head_dim=head_dim, config=config, layer_index=layer_index,
              max_len=max_len, rngs=rngs)
+
+
+CORE_KEYS = ('impl', 'dropout')  # the `attention.*` keys a core reads besides its own options
+
+
+def core_config(kind: str, **overrides) -> ml_collections.ConfigDict:
+  """The `attention` ConfigDict a core of `kind` reads: defaults, then `overrides`.
+
+  An override is `impl=` or `dropout=`, or one of the kind's options by name
+  (`core_config('topk', k=8)` sets `attention.topk.k`); an unknown name is an error listing
+  the known ones.
+  """
+  cls = core_class(kind)
+  options = cls.default_config() if hasattr(cls, 'default_config') else ml_collections.ConfigDict()
+  config = ml_collections.ConfigDict({'kind': kind, 'impl': 'xla', 'dropout': 0.0,
+                                      'mask': '', 'bias': ''})
+  config[kind] = options
+  for name, value in overrides.items():
+    if name in CORE_KEYS:
+      config[name] = value
+    elif name in options:
+      options[name] = value
+    else:
+      known = ', '.join(CORE_KEYS + tuple(sorted(options)))
+      raise ValueError(f'make_core({kind!r}): unknown option {name!r}; known: {known}')
+  return config
+
+
+def make_core(kind: str, *, num_heads: int, head_dim: int, seed: int = 0,
+              rngs: nnx.Rngs | None = None, layer_index: int = 0, max_len: int = 512,
+              **overrides) -> nnx.Module:
+  """A core of `kind` with its default options and keyword `overrides` (`core_config`).
+
+  `rngs` default to `nnx.Rngs(params=seed, dropout=seed + 1)`. Called as
+  `core(q, k, v, mask, *, score_mod=None, deterministic=True, sow_weights=False)`; its
+  attention maps: `attention.capture.attention_maps(core, q, k, v, mask)['']`.
+  """
+  if rngs is None:
+    rngs = nnx.Rngs(params=seed, dropout=seed + 1)
+  return create_core(core_config(kind, **overrides), num_heads=num_heads, head_dim=head_dim,
+                     rngs=rngs, layer_index=layer_index, max_len=max_len)

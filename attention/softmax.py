@@ -17,6 +17,8 @@ finite gradients, never the uniform average or NaN.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -30,13 +32,17 @@ IMPLEMENTATIONS = ('xla', 'cudnn')
 
 
 def attention_weights(q: jnp.ndarray, k: jnp.ndarray, mask: Mask | None = None,
-                      score_mod: ScoreMod | None = None) -> jnp.ndarray:
+                      score_mod: ScoreMod | None = None, *,
+                      scores_hook: Callable[[jnp.ndarray], jnp.ndarray] | None = None
+                      ) -> jnp.ndarray:
   """Softmax attention weights `[B, N, T, S]` for `q: [B, T, N, H]`, `k: [B, S, N, H]`.
 
   In `accumulation_dtype(q, k)`: float32 for bfloat16/float16/float32 inputs, float64 for
   float64. Rows sum to 1 where the mask lets the query see at least one key, and are all zero
   where it sees none: `jax.nn.softmax(where=mask)` normalises over the allowed keys only, so a
   fully masked row has no denominator to divide by zero and its gradient is zero, not NaN.
+  `scores_hook` sees the scaled, score-modded scores `[B, N, T, S]` before the mask and returns
+  what the softmax uses (a core passes `perturb` there to expose ∂loss/∂scores, capture.py).
   """
   scale = q.shape[-1] ** -0.5
   # At least float32 logits, even for bfloat16 inputs: the products of bf16 numbers are exact
@@ -45,8 +51,23 @@ def attention_weights(q: jnp.ndarray, k: jnp.ndarray, mask: Mask | None = None,
                  preferred_element_type=accumulation_dtype(q, k)) * scale
   if score_mod is not None:
     s = score_mod(s)
+  if scores_hook is not None:
+    s = scores_hook(s)
   m = None if mask is None else mask.dense(q.shape[1], k.shape[1])
   return jax.nn.softmax(s, axis=-1, where=m)
+
+
+def scores_probe(core: nnx.Module, sow_weights: bool, name: str = 'scores'):
+  """A `scores_hook` that marks the scores with `core.perturb(name, ·)` when sowing, else None.
+
+  Under `nnx.capture` with perturbations (attention/capture.py `score_gradients`) the gradient
+  with respect to the perturbation is ∂loss/∂scores; otherwise `perturb` returns its input.
+  Outside `nnx.capture` (a test popping the sown values itself) there is nothing to perturb,
+  and `perturb` would leave a variable on the module, so the hook is None there too.
+  """
+  if not sow_weights or not hasattr(core, '__captures__'):
+    return None
+  return lambda s: core.perturb(name, s)
 
 
 @register('softmax')
@@ -91,7 +112,7 @@ class SoftmaxAttention(nnx.Module):
         # cuDNN does not return its weights; recompute them (analysis only, not the hot path).
         self.sow(nnx.Intermediate, 'attention_weights', attention_weights(q, k, mask, score_mod))
       return out
-    w = attention_weights(q, k, mask, score_mod)
+    w = attention_weights(q, k, mask, score_mod, scores_hook=scores_probe(self, sow_weights))
     if sow_weights:
       self.sow(nnx.Intermediate, 'attention_weights', w)
     w = self.dropout(w, deterministic=deterministic)

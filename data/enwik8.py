@@ -118,7 +118,8 @@ def _from_cache(entry: cache.CacheEntry, info: dict[str, Any]) -> pipeline.Token
   return pipeline.TokenStreamLMData(
       name='enwik8', metric='bpc', vocab_size=VOCAB_SIZE,
       streams={s: entry.arrays[s] for s in SPLITS}, start_id=START_ID, pad_id=PAD_ID,
-      decode=decode, info=info, cache_hit=entry.hit)
+      decode=decode, info=info, cache_hit=entry.hit,
+      encode=lambda text: np.frombuffer(text.encode('utf-8'), np.uint8).astype(np.int32))
 
 
 def load_files(directory: str | os.PathLike, *, cache_dir: str = '') -> pipeline.TokenStreamLMData:

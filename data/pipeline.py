@@ -276,12 +276,17 @@ class TokenStreamLMData(LMData):
 
   def __init__(self, *, name: str, metric: str, vocab_size: int, streams: dict[str, np.ndarray],
                start_id: int, pad_id: int, decode: Callable[[Any], str], info: dict[str, Any],
-               cache_hit: bool = False):
+               cache_hit: bool = False, encode: Callable[[str], np.ndarray] | None = None,
+               symbols: list[str] | None = None):
     """Args:
       name, metric, vocab_size, pad_id: see `LMData`.
       streams: split → [N] token ids.
       start_id: the input that predicts a split's first token (fairseq uses `</s>`).
       decode: ids → text.
+      encode: one line of text → its ids as the stream holds them (with the line's end
+        symbol, for word-level data); None where the data has no text form.
+      symbols: id → symbol, for analysis (word-level data: fairseq's dictionary order, most
+        frequent first after the specials); None for bytes.
       info: JSON-able facts for `describe()`: source files (informational), and the identity
         keys 'tokens_sha256' (split → digest of the stream) and 'vocab_sha256', which enter
         the fingerprint together with name, vocab_size and num_tokens.
@@ -300,6 +305,8 @@ class TokenStreamLMData(LMData):
     self.streams = streams
     self.cache_hit = cache_hit
     self._decode = decode
+    self._encode = encode
+    self.symbols = symbols
     self._info = info
 
   def train_iterator(self, *, batch_size: int, seq_len: int,
@@ -327,3 +334,9 @@ class TokenStreamLMData(LMData):
 
   def decode(self, ids) -> str:
     return self._decode(ids)
+
+  def encode(self, text: str) -> np.ndarray:
+    """One line of text → int32 ids as in the stream (word level: `</s>` at the end)."""
+    if self._encode is None:
+      raise ValueError(f'the {self.name} data has no text encoder')
+    return np.asarray(self._encode(text), np.int32)

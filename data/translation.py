@@ -22,6 +22,9 @@ The trainer and eval.py use:
   '\\r' must not shift one side of a parallel corpus) and stripped of surrounding whitespace.
 * `source='tfds'`: `tfds_name` (`wmt14_translate/de-en`, data/wmt14.py; or the project's
   `iwslt14` builder), records with one text feature per language, read without TensorFlow.
+* `name='synthetic_alignment'`: files too, generated on first use from `data.synthetic` into
+  `dir` (or, when `dir` is empty, the data cache) by data/synthetic_alignment.py, with a gold
+  word alignment beside each split.
 
 **Vocabularies** (`vocab`), all with fairseq's specials `<s>`=0 `<pad>`=1 `</s>`=2 `<unk>`=3:
 * 'separate': `fairseq-preprocess` without `--joined-dictionary` (the IWSLT14 recipe): one
@@ -88,6 +91,7 @@ import ml_collections
 import numpy as np
 
 from data import cache
+from data import synthetic_alignment
 from data import vocab as vocab_lib
 from data import wmt14
 from data.pipeline import array_sha256
@@ -96,7 +100,7 @@ from data.pipeline import describe_fingerprint
 from data.pipeline import SPLITS
 
 Batch = dict[str, np.ndarray]
-NAMES = ('iwslt14', 'wmt14')
+NAMES = ('iwslt14', 'wmt14', synthetic_alignment.NAME)
 SOURCES = ('files', 'tfds')
 VOCAB_KINDS = ('separate', 'joined', 'sentencepiece')
 MOSES_PREFIX = 'moses:'
@@ -109,11 +113,14 @@ _HOW_TO_GET = {
                'merges); point data.dir at that folder',
     'wmt14': f'the full corpus is data.source=tfds ({wmt14.TFDS_NAME}); offline, data.dir '
              f'{wmt14.DEFAULT_DIR} has newstest2008–2014 and a 10k-pair sample',
+    synthetic_alignment.NAME: 'data/synthetic_alignment.py generates it when data.dir is missing '
+                              'or empty; delete a damaged folder to generate it again',
 }
 
 
 def translation_data_config(name: str) -> ml_collections.ConfigDict:
-  """The default `config.data` block for task `name` ∈ {'iwslt14', 'wmt14'}."""
+  """The default `config.data` block for task `name` ∈ {'iwslt14', 'wmt14',
+  'synthetic_alignment'}."""
   if name not in NAMES:
     raise ValueError(f'unknown translation data name {name!r}; known: {", ".join(NAMES)}')
   iwslt = name == 'iwslt14'
@@ -147,6 +154,12 @@ def translation_data_config(name: str) -> ml_collections.ConfigDict:
   c.skip_invalid_size = False   # valid/test: leave out (and count) too-long pairs, not an error
   c.length_bucket = 8           # padded lengths are multiples of this (one shape per bucket)
   c.max_tokens = 4096           # fairseq --max-tokens: rows × max(S, T) per micro-batch
+  if name == synthetic_alignment.NAME:  # generated text (data/synthetic_alignment.py)
+    c.dir = ''                  # '' = a folder in the data cache, keyed by data.synthetic
+    c.src_lang, c.tgt_lang = synthetic_alignment.SRC_LANG, synthetic_alignment.TGT_LANG
+    c.train, c.valid, c.test = ('train',), ('valid',), ('test',)
+    c.tfds_name, c.vocab = '', 'separate'
+    c.synthetic = synthetic_alignment.options_config()
   return c
 
 
@@ -992,6 +1005,9 @@ def _check_config(c: ml_collections.ConfigDict) -> None:
   if not c.src_lang or not c.tgt_lang or c.src_lang == c.tgt_lang:
     raise ValueError(f'data.src_lang and data.tgt_lang must be two different languages; got '
                      f'{c.src_lang!r}, {c.tgt_lang!r}')
+  if c.name == synthetic_alignment.NAME and c.source != 'files':
+    raise ValueError(f"data.source for {c.name} must be 'files' (it is generated text), got "
+                     f"{c.source!r}")
   if c.length_bucket < 1 or c.padding_factor < 1:
     raise ValueError(f'data.length_bucket and data.padding_factor must be ≥ 1; got '
                      f'{c.length_bucket}, {c.padding_factor}')
@@ -1010,7 +1026,10 @@ def build_translation_data(data_config: ml_collections.ConfigDict, *,
   c = data_config
   _check_config(c)
   if c.source == 'files':
-    directory = resolve_data_dir(c.dir)
+    if c.name == synthetic_alignment.NAME:  # written on first use, then read as any folder
+      directory = synthetic_alignment.prepare(c)
+    else:
+      directory = resolve_data_dir(c.dir)
     pairs = {}
     for split in SPLITS:
       entries = c[split]

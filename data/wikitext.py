@@ -111,7 +111,8 @@ def _from_cache(entry: cache.CacheEntry, info: dict[str, Any]) -> pipeline.Token
   return pipeline.TokenStreamLMData(
       name='wikitext', metric='perplexity', vocab_size=len(vocab),
       streams={s: entry.arrays[s] for s in SPLITS}, start_id=vocab.eos_id, pad_id=vocab.pad_id,
-      decode=vocab.decode, info=info, cache_hit=entry.hit)
+      decode=vocab.decode, info=info, cache_hit=entry.hit,
+      encode=lambda line: vocab.encode_lines([line]), symbols=vocab.symbols)
 
 
 def _cached_tokenization(lines: dict[str, Callable[[], Iterable[str]]], *, sources: list[Path],

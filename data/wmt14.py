@@ -98,6 +98,11 @@ class SentencePieceVocab(vocab_lib.FairseqSpecialIds):
   def __len__(self) -> int:
     return self._size
 
+  @property
+  def symbols(self) -> list[str]:
+    """id → piece (word-initial pieces start with "▁")."""
+    return [self._sp.id_to_piece(i) for i in range(self._size)]
+
   def __eq__(self, other) -> bool:
     return isinstance(other, SentencePieceVocab) and self.model_proto == other.model_proto
 

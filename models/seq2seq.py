@@ -169,12 +169,18 @@ class EncoderDecoder(nnx.Module):
   # ------------------------------------------------------------------------------- forward
   def encode(self, source: jax.Array, *, deterministic: bool = True,
              sow_weights: bool = False) -> tuple[jax.Array, jax.Array]:
-    """`source: [B, S]` ids (padded with `pad_id`) → memory `[B, S, D]`, valid `[B, S]` bool."""
+    """`source: [B, S]` ids (padded with `pad_id`) → memory `[B, S, D]`, valid `[B, S]` bool.
+
+    With `sow_weights` every layer sows its attention internals (models/transformer.py) and
+    this model each layer's output as 'encoder_hidden_states' (`decode`: 'decoder_hidden_states').
+    """
     valid = source != self.pad_id
     x = self._embed(self.src_embed, source, self._arange(source), deterministic=deterministic)
     mask = masks_lib.padding(valid, valid)
     for layer in self.encoder_layers:
       x = layer(x, mask, deterministic=deterministic, sow_weights=sow_weights)
+      if sow_weights:
+        self.sow(nnx.Intermediate, 'encoder_hidden_states', x)
     if self.encoder_norm is not None:
       x = self.encoder_norm(x)
     return x, valid
@@ -192,6 +198,8 @@ class EncoderDecoder(nnx.Module):
     for layer in self.decoder_layers:
       x = layer(x, masks_lib.causal(), memory=memory, memory_mask=memory_mask,
                 deterministic=deterministic, sow_weights=sow_weights)
+      if sow_weights:
+        self.sow(nnx.Intermediate, 'decoder_hidden_states', x)
     if self.decoder_norm is not None:
       x = self.decoder_norm(x)
     return x

@@ -145,8 +145,9 @@ class MultiHeadAttention(nnx.Module):
       mask: the call's mask (causal, padding, …), True = attend; AND-ed with the prior mask.
       deterministic: disables attention dropout.
       sow_weights: the core sows its weights `[B, N, T, S]` as `nnx.Intermediate`, and this
-        layer sows the core's output `context: [B, T, Nq, Hv]` (before the output projection;
-        what attention distillation matches).
+        layer sows the projected `values: [B, S, Nkv, Hv]` (v_proj with its bias, what the
+        norm-based analysis transforms) and the core's output `context: [B, T, Nq, Hv]`
+        (before the output projection; what attention distillation matches).
 
     Returns:
       `[B, T, D]` in the compute dtype.
@@ -173,6 +174,7 @@ class MultiHeadAttention(nnx.Module):
     out = self.core(q, k, v, _and_masks(mask, self.prior_mask), score_mod=self.score_mod,
                     deterministic=deterministic, sow_weights=sow_weights)   # [B, T, Nq, Hv]
     if sow_weights:
+      self.sow(nnx.Intermediate, 'values', v)
       self.sow(nnx.Intermediate, 'context', out)
     return self.out_proj(out.astype(self.dtype).reshape(b, t, self.q_heads * self.head_dim_v))
 
@@ -274,7 +276,11 @@ class DecoderBlock(nnx.Module):
     self.ffn_norm = layer_norm()
     self.dropout = nnx.Dropout(dropout, rngs=rngs)
 
-  def _residual(self, x, norm, sublayer, deterministic):
+  def _residual(self, x, norm, sublayer, deterministic, sow_as=None):
+    if sow_as is not None:
+      # The residual stream entering an attention sublayer: with the layer's own sows it is
+      # all the mixing-ratio analysis needs (x + Attn(·), then the LayerNorm of the block).
+      self.sow(nnx.Intermediate, sow_as, x)
     h = norm(x) if self.pre_norm else x
     x = x + self.dropout(sublayer(h), deterministic=deterministic)
     return x if self.pre_norm else norm(x)
@@ -290,13 +296,15 @@ class DecoderBlock(nnx.Module):
       memory: encoder output `[B, S, D]`, required iff the block has cross-attention.
       memory_mask: cross-attention mask (typically padding(None, source_valid)).
       deterministic: disables every dropout.
-      sow_weights: sow attention weights (self- and cross-attention) as `nnx.Intermediate`.
+      sow_weights: sow attention weights (self- and cross-attention) as `nnx.Intermediate`,
+        and the residual stream entering each attention sublayer as 'self_attention_input' /
+        'cross_attention_input' `[B, T, D]`.
     """
     x = self._residual(
         x, self.self_attention_norm,
         lambda h: self.self_attention(h, None, mask, deterministic=deterministic,
                                       sow_weights=sow_weights),
-        deterministic)
+        deterministic, sow_as='self_attention_input' if sow_weights else None)
     if self.cross_attention is not None:
       if memory is None:
         raise ValueError('this DecoderBlock has cross-attention and needs `memory`')
@@ -304,7 +312,7 @@ class DecoderBlock(nnx.Module):
           x, self.cross_attention_norm,
           lambda h: self.cross_attention(h, memory, memory_mask, deterministic=deterministic,
                                          sow_weights=sow_weights),
-          deterministic)
+          deterministic, sow_as='cross_attention_input' if sow_weights else None)
     elif memory is not None:
       raise ValueError('`memory` given to a DecoderBlock built without cross_attention')
     return self._residual(x, self.ffn_norm,

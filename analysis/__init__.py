@@ -1,0 +1,2 @@
+"""Looking inside the attention: norm-based analysis, word alignment, rank collapse and gradient
+diagnostics, pictures."""
