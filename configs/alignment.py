@@ -15,9 +15,11 @@ from the cross-attention (Kobayashi et al. 2020, arXiv:2004.10102, §5); `gold_f
 Presets: `size=tiny|small`, `attention=<kind>`, `steps=<N>`.
 
 size=small (the default): 2+2 pre-LN layers × 128 (FFN 256, 4 heads, so that per-head maps can
-  be compared), dropout 0.1, label smoothing 0.1; AdamW (0.9, 0.98), lr 2e-3, inverse-sqrt after
-  200 warmup updates, clipping at 1; 2048 tokens per batch; 1,200 updates; beam 4, output length
-  ≤ 1.5 · source + 10. Measured on a 2-core CPU (no accelerator): MEASURED_SMALL.
+  be compared), no dropout, label smoothing 0.1; AdamW (0.9, 0.98), lr 3e-3 after 100 warmup
+  updates, cosine to 0, clipping at 1; 2048 tokens per batch; 1,000 updates; beam 4, output
+  length ≤ 1.5 · source + 10. On a 2-core CPU (no accelerator), eval.py --analysis=alignment
+  of that run's step 1000 on the 500 test pairs: AER 4.5 % (norms, AWO, layer 2), 4.6 %
+  (weights, AWO), but about 88 % with AWI (docs/analysis.md).
 size=tiny: 1+1 layers × 64 (2 heads), 200 updates, a smoke test of the whole path.
 """
 
@@ -37,14 +39,17 @@ def get_config(arg: str | None = None):
   m.share_decoder_input_output_embed, m.share_all_embeddings = True, False
   m.pre_norm = True
   m.max_len = 128             # the longest pair is under 50 tokens
+  c.data.length_bucket = 16   # 3 padded shapes, so 3 compilations of the train step
   if args.size == 'small':
     m.encoder_layers = m.decoder_layers = 2
     m.d_model, m.num_heads, m.d_ff = 128, 4, 256
-    m.dropout = 0.1
-    o.learning_rate, o.warmup_steps, o.grad_clip_norm = 2e-3, 200, 1.0
+    m.dropout = 0.0
+    # A short run: cosine from the peak to 0 reaches ≈97 valid BLEU in 1,000 updates where
+    # inverse-sqrt (lr 5e-3) stays near 91.
+    o.schedule, o.learning_rate, o.warmup_steps, o.grad_clip_norm = 'cosine', 3e-3, 100, 1.0
     c.data.max_tokens = 2048
-    c.train_steps = 1200
-    c.log_every, c.eval_every, c.checkpoint_every, c.eval_batches = 50, 400, 400, 20
+    c.train_steps = 1000
+    c.log_every, c.eval_every, c.checkpoint_every, c.eval_batches = 50, 500, 500, 20
     d.valid_sentences = 100
   elif args.size == 'tiny':
     m.encoder_layers = m.decoder_layers = 1

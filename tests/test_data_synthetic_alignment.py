@@ -1,0 +1,218 @@
+"""Synthetic alignment task: reproducible bytes, gold links right by construction, loadable.
+
+The properties are checked against the generated files (lexicon.tsv, the BPE text and the talp
+links), not against the generator's own helpers, so a bug in one is not repeated in the check.
+"""
+
+from pathlib import Path
+
+import ml_collections
+import pytest
+
+import data
+from configs import alignment as alignment_config
+from data import synthetic_alignment as sa
+from data.translation import remove_bpe
+from training import builders
+
+SMALL = dict(num_words=40, num_train=300, num_valid=40, num_test=30)
+
+
+def _data_config(tmp_path: Path, **options) -> ml_collections.ConfigDict:
+  c = data.translation_data_config('synthetic_alignment')
+  c.cache_dir = str(tmp_path / 'cache')
+  c.synthetic.update(dict(SMALL, **options))
+  return c
+
+
+def _read_lexicon(directory: Path) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+  classes, translation = {}, {}
+  for line in (directory / sa.LEXICON).read_text(encoding='utf-8').splitlines():
+    word, cls, target = line.split('\t')
+    classes[word], translation[word] = cls, tuple(target.split())
+  return classes, translation
+
+
+def _split(directory: Path, split: str):
+  """(source words, target words, sure links) per sentence of `split`."""
+  read = lambda suffix: (directory / f'{split}.{suffix}').read_text('utf-8').splitlines()
+  src, tgt = read(sa.SRC_LANG), read(sa.TGT_LANG)
+  gold = sa.read_talp(directory / f'{split}.{sa.GOLD_SUFFIX}')
+  assert len(src) == len(tgt) == len(gold)
+  return [(remove_bpe(s).split(), remove_bpe(t).split(), sure)
+          for s, t, (sure, _) in zip(src, tgt, gold)]
+
+
+@pytest.fixture(scope='module')
+def corpus(tmp_path_factory):
+  directory = tmp_path_factory.mktemp('alignment') / 'corpus'
+  return sa.generate(directory, dict(sa.options_config().to_dict(), **SMALL))
+
+
+def test_generation_is_deterministic_byte_for_byte(tmp_path, corpus):
+  again = sa.generate(tmp_path / 'again', dict(sa.options_config().to_dict(), **SMALL))
+  files = sorted(p.name for p in corpus.iterdir())
+  assert files == sorted(p.name for p in again.iterdir())
+  assert {f'{s}.{x}' for s in sa.SPLIT_NAMES for x in ('xs', 'xt', 'talp')} <= set(files)
+  for name in files:
+    assert (corpus / name).read_bytes() == (again / name).read_bytes(), name
+  other = sa.generate(tmp_path / 'seed1', dict(sa.options_config().to_dict(), **SMALL,
+                                                 data_seed=1))
+  assert (other / 'train.xs').read_bytes() != (corpus / 'train.xs').read_bytes()
+
+
+def test_a_split_starts_the_same_whatever_its_size():
+  o = dict(sa.options_config().to_dict(), **SMALL)
+  assert sa.make_split(dict(o, num_test=50), 'test')[:30] == sa.make_split(o, 'test')
+
+
+def test_the_lexicon_is_a_bijection_between_disjoint_vocabularies(corpus):
+  classes, translation = _read_lexicon(corpus)
+  assert len(classes) == SMALL['num_words']
+  assert set(classes.values()) == {sa.NOUN, sa.ADJECTIVE, sa.VERB, sa.OTHER}
+  heads = [t[0] for t in translation.values()]
+  assert len(set(heads)) == len(heads)  # word for word
+  assert not set(classes) & {w for t in translation.values() for w in t}
+  assert all(w.isascii() and w.isalpha() and w.islower() for w in [*classes, *heads])
+  many = [w for w, t in translation.items() if len(t) == 2]
+  assert many and all(classes[w] == sa.NOUN for w in many)
+  assert all(len(t) in (1, 2) for t in translation.values())
+
+
+@pytest.mark.parametrize('split', sa.SPLIT_NAMES)
+def test_gold_links_translate_each_source_word_into_its_target_words(corpus, split):
+  _, translation = _read_lexicon(corpus)
+  for src, tgt, links in _split(corpus, split):
+    assert all(1 <= i <= len(src) and 1 <= j <= len(tgt) for i, j in links)
+    assert sorted(j for _, j in links) == list(range(1, len(tgt) + 1))  # one link per target
+    for i, word in enumerate(src, 1):
+      linked = sorted(j for k, j in links if k == i)
+      assert [tgt[j - 1] for j in linked] == list(translation[word])
+      assert linked == list(range(linked[0], linked[0] + len(linked)))  # contiguous
+
+
+def test_only_adjective_noun_pairs_swap_and_they_always_do(corpus):
+  classes, _ = _read_lexicon(corpus)
+  reordered = 0
+  for src, _, links in _split(corpus, 'train'):
+    first = {}
+    for i, j in sorted(links, key=lambda link: link[1]):
+      first.setdefault(i, len(first))   # target rank of source word i
+    order = sorted(first, key=first.get)   # source positions (1-based) in target order
+    swapped = {(order[k + 1], order[k]) for k in range(len(order) - 1)
+               if order[k] == order[k + 1] + 1}
+    pairs = {(i, i + 1) for i in range(1, len(src))
+             if (classes[src[i - 1]], classes[src[i]]) == (sa.ADJECTIVE, sa.NOUN)}
+    assert swapped == pairs
+    unswapped = [i for i in order if not any(i in p for p in pairs)]
+    assert unswapped == sorted(unswapped)
+    reordered += bool(pairs)
+  assert reordered > SMALL['num_train'] // 4   # the rule is really exercised
+
+
+def test_bpe_is_a_fixed_rule_that_removing_the_marker_inverts(corpus):
+  classes, translation = _read_lexicon(corpus)
+  vocab = {sa.SRC_LANG: set(classes), sa.TGT_LANG: {w for t in translation.values() for w in t}}
+  for lang, words in vocab.items():
+    written, split_words = {}, 0
+    for line in (corpus / f'train.{lang}').read_text('utf-8').splitlines():
+      tokens = line.split(' ')
+      assert all(tokens) and not tokens[-1].endswith('@@') and '@@' not in line.replace('@@ ', '')
+      pieces, line_words = [], []
+      for token in tokens:
+        pieces.append(token)
+        if not token.endswith('@@'):
+          form, word = ' '.join(pieces), ''.join(p.removesuffix('@@') for p in pieces)
+          assert word in words
+          assert written.setdefault(word, form) == form  # one spelling per word
+          split_words += len(pieces) > 1
+          line_words.append(word)
+          pieces = []
+      assert remove_bpe(line).split() == line_words
+    assert split_words > 0
+    assert all(1 <= len(f.split()) <= 3 for f in written.values())
+
+
+def test_the_loader_reads_the_generated_splits(tmp_path):
+  config = alignment_config.get_config('size=tiny')
+  config.data = _data_config(tmp_path)
+  translation_data = builders.build_data(config)
+  assert {s: translation_data.num_examples(s) for s in sa.SPLIT_NAMES} == {
+      s: SMALL[f'num_{s}'] for s in sa.SPLIT_NAMES}
+  assert (translation_data.src_lang, translation_data.tgt_lang) == (sa.SRC_LANG, sa.TGT_LANG)
+  assert config.model.src_vocab_size == len(translation_data.src_vocab)
+  src, tgt, talp = sa.gold_files(config.data, 'test')
+  assert src.parent == tgt.parent == talp.parent
+  assert src.parent.parent == tmp_path / 'cache' / sa.NAME
+  assert translation_data.references('test') == [remove_bpe(t) for t in
+                                                 tgt.read_text('utf-8').splitlines()]
+  assert translation_data.sources('test') == [remove_bpe(s) for s in
+                                              src.read_text('utf-8').splitlines()]
+  assert len(sa.read_talp(talp)) == SMALL['num_test']
+
+
+def test_a_given_data_dir_is_generated_once_and_checked(tmp_path):
+  c = _data_config(tmp_path)
+  c.dir = str(tmp_path / 'mine')
+  src, _, _ = sa.gold_files(c, 'valid')
+  assert src == tmp_path / 'mine' / 'valid.xs'
+  stamp = src.stat().st_mtime_ns
+  assert sa.gold_files(c, 'valid')[0].stat().st_mtime_ns == stamp  # reused, not rewritten
+  c.synthetic.num_valid = 41
+  with pytest.raises(ValueError, match='was generated with'):
+    sa.prepare(c)
+  (tmp_path / 'empty').mkdir()
+  c.dir = str(tmp_path / 'empty')
+  assert (sa.prepare(c) / 'valid.xs').is_file()  # an empty folder is filled
+  (tmp_path / 'foreign').mkdir()
+  (tmp_path / 'foreign' / 'notes.txt').write_text('x')
+  c.dir = str(tmp_path / 'foreign')
+  with pytest.raises(ValueError, match='no generator.json'):
+    sa.prepare(c)
+
+
+def test_a_failed_generation_leaves_no_folder(tmp_path, monkeypatch):
+  def fail(options, split, lexicon=None):
+    if split == 'test':
+      raise RuntimeError('killed')
+    return real(options, split, lexicon)
+  real = sa.make_split
+  monkeypatch.setattr(sa, 'make_split', fail)
+  with pytest.raises(RuntimeError, match='killed'):
+    sa.generate(tmp_path / 'corpus', dict(sa.options_config().to_dict(), **SMALL))
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_read_talp_reads_sure_and_possible_links(tmp_path):
+  path = tmp_path / 'x.talp'
+  path.write_text('1-1 2p3 2-2\n\n3-1\n', encoding='utf-8')
+  assert sa.read_talp(path) == [
+      (frozenset({(1, 1), (2, 2)}), frozenset({(1, 1), (2, 2), (2, 3)})),
+      (frozenset(), frozenset()), (frozenset({(3, 1)}), frozenset({(3, 1)}))]
+  path.write_text('1:1\n', encoding='utf-8')
+  with pytest.raises(ValueError, match='expected i-j or ipj'):
+    sa.read_talp(path)
+
+
+def test_bad_options_are_named():
+  o = sa.options_config().to_dict()
+  with pytest.raises(ValueError, match='num_words=5'):
+    sa.check_options(dict(o, num_words=5))
+  with pytest.raises(ValueError, match='min_words=9, max_words=3'):
+    sa.check_options(dict(o, min_words=9, max_words=3))
+  with pytest.raises(ValueError, match='num_test=0'):
+    sa.check_options(dict(o, num_test=0))
+  c = data.translation_data_config('synthetic_alignment')
+  c.source = 'tfds'
+  with pytest.raises(ValueError, match="must be 'files'"):
+    data.build_translation_data(c)
+
+
+def test_config_presets():
+  for size in ('tiny', 'small'):
+    c = alignment_config.get_config(f'size={size}')
+    assert c.task == 'translation' and c.data.name == sa.NAME and c.data.vocab == 'separate'
+    assert c.model.num_heads >= 2 and c.model.num_heads % 2 == 0
+  assert alignment_config.get_config('steps=7').train_steps == 7
+  with pytest.raises(ValueError, match='expected tiny or small'):
+    alignment_config.get_config('size=paper')
