@@ -53,10 +53,9 @@ def _pure_stack_loss(model, batch):
   """The LM's attention layers stacked without residuals, FFNs or LayerNorms (docstring)."""
   x = batch['embeddings']
   mask = masks_lib.causal()
-  for i, block in enumerate(model.layers):
+  for block in model.layers:
     x = block.self_attention(x, None, mask, deterministic=True, sow_weights=True)
     block.sow(nnx.Intermediate, 'pure_stack_output', x)
-    del i
   if model.final_norm is not None:
     x = model.final_norm(x)
   return _mean_nll(model, x, batch['targets'], batch['weights'])
@@ -84,8 +83,7 @@ def _flat_grads(grads) -> dict[str, Any]:
 
 @nnx.jit
 def _model_gradients(model, batch):
-  loss, grads, score_grads, sown = capture.score_gradients(_model_loss, model, batch)
-  return loss, grads, score_grads, sown
+  return capture.score_gradients(_model_loss, model, batch)
 
 
 def model_gradients(model: nnx.Module, batch: dict[str, Any]

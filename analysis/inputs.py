@@ -216,9 +216,7 @@ def alignment_output(model, data, gold: Gold, *, name: str, meta: dict[str, Any]
     matrix = align_lib.word_level_matrix(
         align_lib.awi_shift(word_alignment.layer_matrix(matrices[0][layer], method, None)),
         sources[0]['word_ids'], targets[0]['word_ids'])
-    hyp = align_lib.extract_alignment(word_alignment.layer_matrix(matrices[0][layer], method,
-                                                                  None),
-                                      sources[0]['word_ids'], targets[0]['word_ids'], 'AWI')
+    hyp = align_lib.hard_alignment(matrix)
     sure, possible = links[0]
     pictures[f'sentence1-{method}-AWI'] = (
         lambda path, m=matrix, h=hyp, s=sure, p=possible, method=method, layer=layer:

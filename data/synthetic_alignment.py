@@ -34,7 +34,7 @@ exactly; the rule reads the surface, so a lone adjective chunk before a noun chu
 * `{train,valid,test}.talp`: the gold word alignment of each line in the talp format,
   whitespace-separated 1-based `i-j` sure links (source word i, target word j; words are the
   whitespace words after removing "@@ "), sorted. This task has no possible (`ipj`) links: the
-  alignment error rate is then 1 − 2|A∩S| / (|A| + |S|). `read_talp` also reads `ipj`;
+  alignment error rate is then 1 − 2|A∩S| / (|A| + |S|) (analysis/alignment.py reads them);
 * `lexicon.tsv` (source word, class, target word(s)) and `generator.json` (the options and the
   generator version, checked when the folder is used again).
 
@@ -272,21 +272,6 @@ def make_split(options: ml_collections.ConfigDict | dict, split: str,
                                 o['max_words']):
     target, links = translate(lexicon, words)
     out.append((to_bpe(lexicon, words), to_bpe(lexicon, target), talp_line(links)))
-  return out
-
-
-def read_talp(path: str | os.PathLike) -> list[tuple[frozenset, frozenset]]:
-  """Per line (sure links S, possible links P ⊇ S) as sets of 1-based (i, j)."""
-  out = []
-  for number, line in enumerate(Path(path).read_text(encoding='utf-8').splitlines(), 1):
-    sure, possible = set(), set()
-    for link in line.split():
-      sep = '-' if '-' in link else 'p'
-      i, _, j = link.partition(sep)
-      if not (i.isdigit() and j.isdigit()):
-        raise ValueError(f'{path} line {number}: link {link!r}; expected i-j or ipj (1-based)')
-      (sure if sep == '-' else possible).add((int(i), int(j)))
-    out.append((frozenset(sure), frozenset(sure | possible)))
   return out
 
 
