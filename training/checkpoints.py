@@ -241,6 +241,10 @@ class Checkpoints:
     self._pending = None
     superseded = self._superseded()
     distributed.sync(f'checkpoint_prune_{step}')   # every process has listed before any deletes
+    if superseded:
+      # The listing is read from disk; Orbax's own may not know a committed step that another
+      # process (a copy, an earlier run's leftovers) put there since it was opened.
+      self._manager.reload()
     for old in superseded:
       self._manager.delete(old)
     return step
