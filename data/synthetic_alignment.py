@@ -14,16 +14,27 @@ links). Real gold alignments are few and hand-made; here every link is exact.
 * one-to-many (`one_to_many`): every fifth noun translates into two target words, its own word
   followed by one of three classifier words ('…' → 'brox ju'); the classifiers are the only
   target words that translate no source word alone;
+* particles (`particle_share`, default 0): that share of the words of the 'other' class (the
+  first ones drawn) translate into nothing, as source function words without a counterpart do,
+  so the offset between source and target positions drifts within a sentence;
 * reordering, a deterministic local rule on the source words: read left to right, an adjective
   directly followed by a noun becomes noun, adjective ('pelo ka' = ADJ NOUN → 'vyd hau' = NOUN
   ADJ); every other word keeps its place. The true alignment is a permutation with local swaps
-  (plus the one-to-many links).
+  (plus the one-to-many links);
+* free order (`free_order`, default 0): after that rule, left to right, each unit (a word, or
+  a swapped noun + adjective pair) changes places with the next one with this chance (a pair
+  that changed places is not looked at again), so word order is no longer a function of the
+  classes.
+
+Both default to 0. They make the task harder to solve by target position alone;
+docs/analysis.md reports what they do to the alignments read from the cross-attention.
 
 A sentence of n words (n uniform in [`min_words`, `max_words`]) is a sequence of chunks drawn
 with probabilities adjective+noun 0.3, noun 0.2, verb 0.2, adjective 0.1, other 0.2 (a pair
 drawn for the last word is cut to its adjective), its words uniform within their class. The
 target follows from the lexicon and the rule alone, so the task is a function a model can learn
 exactly; the rule reads the surface, so a lone adjective chunk before a noun chunk swaps too.
+A sentence whose words are all particles (an empty target) is drawn again.
 
 **Subwords**: words of 3 or 4 syllables are written in subword-nmt BPE form, on both sides:
 3 syllables → first syllable + the rest ('mesila' → 'me@@ sila'), 4 → first + second + the rest
@@ -35,8 +46,9 @@ exactly; the rule reads the surface, so a lone adjective chunk before a noun chu
   whitespace-separated 1-based `i-j` sure links (source word i, target word j; words are the
   whitespace words after removing "@@ "), sorted. This task has no possible (`ipj`) links: the
   alignment error rate is then 1 − 2|A∩S| / (|A| + |S|) (analysis/alignment.py reads them);
-* `lexicon.tsv` (source word, class, target word(s)) and `generator.json` (the options and the
-  generator version, checked when the folder is used again).
+* `lexicon.tsv` (source word, class, target word(s); nothing after the class for a particle)
+  and `generator.json` (the options and the generator version, checked when the folder is used
+  again).
 
 **Determinism**: the lexicon comes from `default_rng([data_seed, 0])`, split k (train, valid,
 test) from `default_rng([data_seed, 1 + k])` read sentence by sentence, so the same options give
@@ -103,6 +115,8 @@ def options_config() -> ml_collections.ConfigDict:
   c.min_words = 4           # source words per sentence, uniform in [min_words, max_words]
   c.max_words = 14
   c.one_to_many = True      # every fifth noun translates into two target words
+  c.particle_share = 0.0    # share of the 'other' words that translate into nothing
+  c.free_order = 0.0        # chance that two neighbouring units change places
   return c
 
 
@@ -122,6 +136,11 @@ def check_options(options: ml_collections.ConfigDict | dict) -> None:
   if not 1 <= o['min_words'] <= o['max_words']:
     raise ValueError(f'data.synthetic.min_words={o["min_words"]}, max_words={o["max_words"]}: '
                      f'expected 1 ≤ min_words ≤ max_words')
+  if not 0 <= o['free_order'] < 1:
+    raise ValueError(f'data.synthetic.free_order={o["free_order"]}: expected a chance in [0, 1)')
+  if not 0 <= o['particle_share'] <= 1:
+    raise ValueError(f'data.synthetic.particle_share={o["particle_share"]}: expected a share '
+                     f'in [0, 1]')
   if o['data_seed'] < 0:
     raise ValueError(f'data.synthetic.data_seed={o["data_seed"]}: expected a seed ≥ 0')
 
@@ -136,7 +155,8 @@ class Lexicon:
   Attributes:
     source: source word types, in generation order.
     word_class: source word → NOUN, ADJECTIVE, VERB or OTHER.
-    translation: source word → its target word(s) (two for a one-to-many noun).
+    translation: source word → its target word(s) (two for a one-to-many noun, none for a
+      particle).
     pieces: every word of either side → its BPE pieces without the "@@" marker.
   """
   source: tuple[str, ...]
@@ -180,7 +200,8 @@ def _tgt_syllable(rng: np.random.Generator) -> str:
           _TGT_VOWELS[rng.integers(len(_TGT_VOWELS))] + _TGT_CODAS[rng.integers(len(_TGT_CODAS))])
 
 
-def make_lexicon(data_seed: int, num_words: int, one_to_many: bool = True) -> Lexicon:
+def make_lexicon(data_seed: int, num_words: int, one_to_many: bool = True,
+                 particle_share: float = 0.0) -> Lexicon:
   """The lexicon of `data_seed`: `num_words` source ↔ target words, classes, BPE pieces."""
   rng = np.random.default_rng([data_seed, 0])
   taken: set[str] = set()
@@ -202,29 +223,48 @@ def make_lexicon(data_seed: int, num_words: int, one_to_many: bool = True) -> Le
     nouns = [w for w, _ in source if word_class[w] == NOUN]
     for n, noun in enumerate(nouns[::_ONE_TO_MANY_EVERY]):
       translation[noun] += (classifiers[n % _NUM_CLASSIFIERS],)
+  others = [w for w, _ in source if word_class[w] == OTHER]
+  for particle in others[:round(particle_share * len(others))]:
+    translation[particle] = ()
   return Lexicon(tuple(w for w, _ in source), word_class, translation, pieces)
 
 
 # ---------------------------------------------------------------------------------- sentences
 
 
-def reorder(classes: Sequence[str]) -> list[int]:
-  """Source positions in target order: left to right, adjective + noun → noun + adjective."""
-  order, i = [], 0
+def _units(classes: Sequence[str]) -> list[list[int]]:
+  """Source positions in target order, grouped: left to right, adjective + noun → one unit
+  [noun, adjective]; every other word a unit of its own."""
+  units, i = [], 0
   while i < len(classes):
     if i + 1 < len(classes) and classes[i] == ADJECTIVE and classes[i + 1] == NOUN:
-      order += [i + 1, i]
+      units.append([i + 1, i])
       i += 2
     else:
-      order.append(i)
+      units.append([i])
       i += 1
-  return order
+  return units
 
 
-def translate(lexicon: Lexicon, words: Sequence[str]) -> tuple[list[str], list[tuple[int, int]]]:
+def reorder(classes: Sequence[str], free_swaps: Sequence[bool] = ()) -> list[int]:
+  """Source positions in target order: adjective + noun → noun + adjective; then, left to right,
+  unit k changes places with unit k + 1 where `free_swaps[k]` (and the pair is not looked at
+  again)."""
+  units, k = _units(classes), 0
+  while k + 1 < len(units):
+    if k < len(free_swaps) and free_swaps[k]:
+      units[k], units[k + 1] = units[k + 1], units[k]
+      k += 2
+    else:
+      k += 1
+  return [i for unit in units for i in unit]
+
+
+def translate(lexicon: Lexicon, words: Sequence[str], free_swaps: Sequence[bool] = ()
+              ) -> tuple[list[str], list[tuple[int, int]]]:
   """(target words, gold links): links are 1-based (source word i, target word j), sorted."""
   target, links = [], []
-  for i in reorder([lexicon.word_class[w] for w in words]):
+  for i in reorder([lexicon.word_class[w] for w in words], free_swaps):
     for t in lexicon.translation[words[i]]:
       target.append(t)
       links.append((i + 1, len(target)))
@@ -246,7 +286,7 @@ def source_sentences(lexicon: Lexicon, rng: np.random.Generator, count: int, min
   """`count` source sentences of the chunk grammar (module docstring), read from `rng`."""
   classes = {c: lexicon.by_class(c) for c, _ in _CLASS_SHARES}
   out = []
-  for _ in range(count):
+  while len(out) < count:
     length = int(rng.integers(min_words, max_words + 1))
     chunks = rng.choice(len(_CHUNKS), size=length, p=_CHUNK_P)
     picks = rng.random(length)
@@ -255,7 +295,9 @@ def source_sentences(lexicon: Lexicon, rng: np.random.Generator, count: int, min
       if len(kinds) == length:
         break
       kinds += _CHUNKS[c][:length - len(kinds)]   # a pair drawn for the last word: its adjective
-    out.append([classes[k][int(u * len(classes[k]))] for k, u in zip(kinds, picks.tolist())])
+    words = [classes[k][int(u * len(classes[k]))] for k, u in zip(kinds, picks.tolist())]
+    if any(lexicon.translation[w] for w in words):   # else all particles: an empty target
+      out.append(words)
   return out
 
 
@@ -265,12 +307,14 @@ def make_split(options: ml_collections.ConfigDict | dict, split: str,
   o = dict(options)
   if split not in SPLIT_NAMES:
     raise ValueError(f'unknown split {split!r}; expected one of {", ".join(SPLIT_NAMES)}')
-  lexicon = lexicon or make_lexicon(o['data_seed'], o['num_words'], o['one_to_many'])
+  lexicon = lexicon or make_lexicon(o['data_seed'], o['num_words'], o['one_to_many'],
+                                    o['particle_share'])
   rng = np.random.default_rng([o['data_seed'], 1 + SPLIT_NAMES.index(split)])
   out = []
   for words in source_sentences(lexicon, rng, o[f'num_{split}'], o['min_words'],
                                 o['max_words']):
-    target, links = translate(lexicon, words)
+    swaps = rng.random(len(words)) < o['free_order'] if o['free_order'] else ()
+    target, links = translate(lexicon, words, swaps)
     out.append((to_bpe(lexicon, words), to_bpe(lexicon, target), talp_line(links)))
   return out
 
@@ -300,7 +344,7 @@ def generate(directory: str | os.PathLike, options: ml_collections.ConfigDict | 
   tmp = directory.parent / f'.tmp-{directory.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}'
   tmp.mkdir()
   try:
-    lexicon = make_lexicon(o['data_seed'], o['num_words'], o['one_to_many'])
+    lexicon = make_lexicon(o['data_seed'], o['num_words'], o['one_to_many'], o['particle_share'])
     for split in SPLIT_NAMES:
       rows = make_split(o, split, lexicon)
       for k, suffix in enumerate((SRC_LANG, TGT_LANG, GOLD_SUFFIX)):

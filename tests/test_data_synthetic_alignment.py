@@ -77,13 +77,54 @@ def test_the_lexicon_is_a_bijection_between_disjoint_vocabularies(corpus):
   classes, translation = _read_lexicon(corpus)
   assert len(classes) == SMALL['num_words']
   assert set(classes.values()) == {sa.NOUN, sa.ADJECTIVE, sa.VERB, sa.OTHER}
-  heads = [t[0] for t in translation.values()]
+  heads = [t[0] for t in translation.values() if t]
   assert len(set(heads)) == len(heads)  # word for word
   assert not set(classes) & {w for t in translation.values() for w in t}
   assert all(w.isascii() and w.isalpha() and w.islower() for w in [*classes, *heads])
   many = [w for w, t in translation.items() if len(t) == 2]
   assert many and all(classes[w] == sa.NOUN for w in many)
-  assert all(len(t) in (1, 2) for t in translation.values())
+  others = [w for w, c in classes.items() if c == sa.OTHER]
+  particles = [w for w, t in translation.items() if not t]
+  assert all(len(t) in (1, 2) for w, t in translation.items() if w not in particles)
+  assert not particles and others   # particle_share = 0 by default
+
+
+def test_particles_translate_into_nothing_and_leave_no_empty_target(tmp_path):
+  corpus = sa.generate(tmp_path / 'particles', dict(sa.options_config().to_dict(), **SMALL,
+                                                     particle_share=1.0))
+  classes, translation = _read_lexicon(corpus)
+  assert {w for w, t in translation.items() if not t} == {
+      w for w, c in classes.items() if c == sa.OTHER}
+  dropped = 0
+  for src, tgt, links in _split(corpus, 'train'):
+    assert tgt   # an all-particle sentence is drawn again
+    unlinked = {i for i in range(1, len(src) + 1)} - {i for i, _ in links}
+    assert unlinked == {i for i, w in enumerate(src, 1) if not translation[w]}
+    assert [tgt[j - 1] for _, j in sorted(links, key=lambda l: l[1])] == tgt
+    dropped += len(unlinked)
+  assert dropped > SMALL['num_train'] // 4   # particles are really exercised
+
+
+def test_free_order_swaps_whole_units_and_keeps_the_lexicon(tmp_path):
+  corpus = sa.generate(tmp_path / 'free', dict(sa.options_config().to_dict(), **SMALL,
+                                                free_order=0.5))
+  classes, translation = _read_lexicon(corpus)
+  free_swaps = 0
+  for src, tgt, links in _split(corpus, 'train'):
+    first = {}
+    for i, j in sorted(links, key=lambda link: link[1]):
+      first.setdefault(i, len(first))
+    order = sorted(first, key=first.get)   # source positions (1-based) in target order
+    assert sorted(order) == list(range(1, len(src) + 1))   # a permutation of the words
+    assert ' '.join(w for i in order for w in translation[src[i - 1]]) == ' '.join(tgt)
+    pairs = {(i, i + 1) for i in range(1, len(src))
+             if (classes[src[i - 1]], classes[src[i]]) == (sa.ADJECTIVE, sa.NOUN)}
+    for adj, noun in pairs:   # a noun + adjective unit stays whole, in that order
+      assert order.index(adj) == order.index(noun) + 1
+    free_swaps += sum(order[k] > order[k + 1] + 1 or (order[k] == order[k + 1] + 1 and
+                                                       (order[k + 1], order[k]) not in pairs)
+                      for k in range(len(order) - 1))
+  assert free_swaps > SMALL['num_train'] // 4   # the free order is really exercised
 
 
 @pytest.mark.parametrize('split', sa.SPLIT_NAMES)
@@ -95,7 +136,8 @@ def test_gold_links_translate_each_source_word_into_its_target_words(corpus, spl
     for i, word in enumerate(src, 1):
       linked = sorted(j for k, j in links if k == i)
       assert [tgt[j - 1] for j in linked] == list(translation[word])
-      assert linked == list(range(linked[0], linked[0] + len(linked)))  # contiguous
+      if linked:
+        assert linked == list(range(linked[0], linked[0] + len(linked)))  # contiguous
 
 
 def test_only_adjective_noun_pairs_swap_and_they_always_do(corpus):
@@ -198,6 +240,10 @@ def test_bad_options_are_named():
     sa.check_options(dict(o, min_words=9, max_words=3))
   with pytest.raises(ValueError, match='num_test=0'):
     sa.check_options(dict(o, num_test=0))
+  with pytest.raises(ValueError, match=r'particle_share=1.5: expected a share in \[0, 1\]'):
+    sa.check_options(dict(o, particle_share=1.5))
+  with pytest.raises(ValueError, match=r'free_order=1.0: expected a chance in \[0, 1\)'):
+    sa.check_options(dict(o, free_order=1.0))
   c = data.translation_data_config('synthetic_alignment')
   c.source = 'tfds'
   with pytest.raises(ValueError, match="must be 'files'"):
