@@ -11,6 +11,12 @@ splits with the config's context window. A rerun skips training for the kinds wh
 already holds that checkpoint (a longer run's prefix is the same run: the inverse-sqrt schedule
 does not depend on the total) and resumes interrupted ones.
 
+With `--analyses=collapse,norms`, each kind's budget checkpoint is also analysed
+(`eval.py --analysis=... --split=valid --checkpoint=<steps>`, on `--analysis_examples` validation
+windows; analysis/), and the kinds are laid side by side (analysis/compare.py):
+`<root>/collapse-by-kind.png` (rank collapse and gradient norms over depth, one line per kind),
+`<root>/collapse-by-kind.md` and `<root>/norms-by-kind.md`.
+
 Writes `<root>/comparison.json` and `<root>/comparison.md`: per kind, validation and test
 perplexity (with the context window), parameters, training tokens/s (median over the run's
 logging windows after the first, which holds compilation; affected by whatever else ran on the
@@ -50,6 +56,13 @@ _SPLITS = flags.DEFINE_list(
     'splits', ['valid', 'test'], 'Splits eval.py scores in full. A split left out is reported '
     'from the run\'s own validation at update --steps instead (its first `eval_batches` '
     'batches, no context window), which the table shows as context 0.')
+_ANALYSES = flags.DEFINE_list(
+    'analyses', [], 'Analyses of each kind\'s budget checkpoint to run and lay side by side: '
+    'collapse (rank collapse and gradient norms over depth), norms (weight- vs norm-based '
+    'attention to token categories). Empty: none.')
+_ANALYSIS_EXAMPLES = flags.DEFINE_integer('analysis_examples', 16, 'Validation windows each '
+                                          'analysis reads (eval.py --num_examples).')
+COMPARABLE_ANALYSES = ('collapse', 'norms')
 
 # Per-kind options for 256-token sequences: top-k and SEA keep 32 of up to 256 keys per query
 # (1/8, as SEA's k = 64 of 2048 × 4 in OPT); SEA compresses the keys into K = 64 columns.
@@ -164,9 +177,42 @@ def _side_by_side_throughput(root: Path, kinds: list[str]) -> dict[str, float]:
   return {kind: tokens / statistics.median(times) for kind, (_, _, times) in runs.items()}
 
 
+def _analyse(workdir: Path, log: Path) -> None:
+  """Runs each of --analyses on the budget checkpoint of `workdir`, unless already there."""
+  from analysis import compare  # pylint: disable=g-import-not-at-top
+  for analysis in _ANALYSES.value:
+    if not compare.summary_path(workdir, analysis, 'valid', _STEPS.value).is_file():
+      _run([sys.executable, 'eval.py', f'--workdir={workdir}', f'--analysis={analysis}',
+            '--split=valid', f'--checkpoint={_STEPS.value}',
+            f'--num_examples={_ANALYSIS_EXAMPLES.value}'], log)
+
+
+def _compare_analyses(root: Path, kinds: list[str]) -> None:
+  """The side-by-side figure and tables of --analyses over `kinds`."""
+  from analysis import compare  # pylint: disable=g-import-not-at-top
+  for analysis in _ANALYSES.value:
+    summaries = {k: compare.read_summary(root / k, analysis, 'valid', _STEPS.value) for k in kinds}
+    note = (f'\n{_STEPS.value} updates; {_ANALYSIS_EXAMPLES.value} validation windows; '
+            f'`python eval.py --workdir={root}/KIND --analysis={analysis} --split=valid '
+            f'--checkpoint={_STEPS.value} --num_examples={_ANALYSIS_EXAMPLES.value}`\n')
+    if analysis == 'collapse':
+      print(compare.depth_figure(summaries, root / 'collapse-by-kind.png',
+                                 title=f'small LM, {_STEPS.value} updates: rank collapse and '
+                                 'gradient norms over depth'), flush=True)
+      table = compare.collapse_table(summaries)
+    else:
+      table = compare.norms_table(summaries)
+    (root / f'{analysis}-by-kind.md').write_text(table + note)
+    print(table, flush=True)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  unknown = sorted(set(_ANALYSES.value) - set(COMPARABLE_ANALYSES))
+  if unknown:
+    raise app.UsageError(f'--analyses: {", ".join(unknown)} cannot be compared here; known: '
+                         f'{", ".join(COMPARABLE_ANALYSES)}')
   if 'sea' in _KINDS.value and ('softmax' not in _KINDS.value or
                                 _KINDS.value.index('softmax') > _KINDS.value.index('sea')):
     if not (Path(_ROOT.value) / 'softmax' / 'final.json').exists():
@@ -213,6 +259,7 @@ def main(argv):
     }
     print(json.dumps(row), flush=True)
     rows = _merge_rows(root / 'comparison.json', row)
+    _analyse(workdir, log)
 
   if _REPEATS.value:
     speed = _side_by_side_throughput(root, [r['kind'] for r in rows])
@@ -231,6 +278,7 @@ def main(argv):
         f'{"" if side is None else f"{side:,.0f}"} |')
   (root / 'comparison.md').write_text('\n'.join(lines) + '\n')
   print('\n'.join(lines))
+  _compare_analyses(root, [r['kind'] for r in rows if r['kind'] in _KINDS.value])
 
 
 if __name__ == '__main__':
