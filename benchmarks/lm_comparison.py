@@ -53,9 +53,10 @@ _REPEATS = flags.DEFINE_integer(
     'turns (kind 1, kind 2, …, kind 1, …) so a change of machine load hits every kind alike; '
     '0 skips it.')
 _SPLITS = flags.DEFINE_list(
-    'splits', ['valid', 'test'], 'Splits eval.py scores in full. A split left out is reported '
+    'splits', ['valid', 'test'], 'Splits eval.py scores in full. valid left out is reported '
     'from the run\'s own validation at update --steps instead (its first `eval_batches` '
-    'batches, no context window), which the table shows as context 0.')
+    'batches, no context window), which the table shows as context 0; test left out is shown '
+    'as \'–\' (not evaluated).')
 _ANALYSES = flags.DEFINE_list(
     'analyses', [], 'Analyses of each kind\'s budget checkpoint to run and lay side by side: '
     'collapse (rank collapse and gradient norms over depth), norms (weight- vs norm-based '
@@ -235,8 +236,10 @@ def main(argv):
     for split in ('valid', 'test'):
       if split in _SPLITS.value:
         done = _finished_eval(workdir, split)
-      elif split == 'test':
-        raise app.UsageError('--splits must include test')
+      elif split == 'test':   # not evaluated: the table shows '–'
+        evals[split] = {'value': None, 'tokens': None, 'step': _STEPS.value,
+                        'protocol': {'context_window': None}}
+        continue
       else:  # the same partial protocol for every row, even where a full evaluation exists
         done = {'value': final['perplexity'], 'tokens': int(final['tokens']), 'step': final['step'],
                 'protocol': {'context_window': 0, 'partial': True}}
@@ -253,9 +256,9 @@ def main(argv):
         'valid_context_window': evals['valid']['protocol']['context_window'],
         'context_window': evals['test']['protocol']['context_window'],
         'checkpoint_step': evals['test']['step'],
-        'commands': [' '.join(shlex.quote(c) for c in ['python'] + train[1:]),
-                     f'python eval.py --workdir={workdir} --split={"|".join(_SPLITS.value)} '
-                     f'--checkpoint={_STEPS.value} --batch_size={_EVAL_BATCH.value}'],
+        'commands': [' '.join(shlex.quote(c) for c in ['python'] + train[1:])] + [
+            f'python eval.py --workdir={workdir} --split={"|".join(_SPLITS.value)} '
+            f'--checkpoint={_STEPS.value} --batch_size={_EVAL_BATCH.value}'] * bool(_SPLITS.value),
     }
     print(json.dumps(row), flush=True)
     rows = _merge_rows(root / 'comparison.json', row)
@@ -271,10 +274,12 @@ def main(argv):
            '|---|---:|---:|---:|---:|---:|']
   for r in rows:
     side = r.get('step_tokens_per_s')
+    test = ('–' if r['test_perplexity'] is None else
+            f'{r["test_perplexity"]:.1f} ({r["test_tokens"]:,}, {r["context_window"]})')
     lines.append(
         f'| {r["kind"]} | {r["valid_perplexity"]:.1f} ({r["valid_tokens"]:,}, '
-        f'{r["valid_context_window"]}) | {r["test_perplexity"]:.1f} ({r["test_tokens"]:,}, '
-        f'{r["context_window"]}) | {r["parameters"]:,} | {r["tokens_per_s"]:,.0f} | '
+        f'{r["valid_context_window"]}) | {test} | {r["parameters"]:,} | '
+        f'{r["tokens_per_s"]:,.0f} | '
         f'{"" if side is None else f"{side:,.0f}"} |')
   (root / 'comparison.md').write_text('\n'.join(lines) + '\n')
   print('\n'.join(lines))
