@@ -4,6 +4,7 @@
     depth_figure(summaries, 'collapse-by-kind.png')   # one line per kind in every panel
     print(collapse_table(summaries))                  # Markdown, one row per kind and stack
     print(norms_table(norms_summaries))               # Markdown, one row per kind and layer
+    print(mixing_table(norms_summaries))              # the mixing ratios, the same rows
 
 The summaries are the JSON files `eval.py --analysis=collapse|norms` writes under
 `W/analysis/`; this module only reads and lays them out (benchmarks/lm_comparison.py
@@ -20,6 +21,7 @@ from analysis import plots
 from analysis import report
 
 CATEGORIES = ('eos', 'punctuation', 'frequent')
+MIXING_RATIOS = ('ATTN-W', 'ATTN-N', 'ATTNRES-W', 'ATTNRES-N', 'ATTNRESLN-N')
 
 
 def summary_path(workdir: str | Path, analysis: str, split: str, step: int) -> Path:
@@ -89,4 +91,18 @@ def norms_table(summaries: Mapping[str, dict[str, Any]]) -> str:
       cells += [_cell(layer['spearman_alpha_vs_fnorm'], '.2f'),
                 _cell(layer['spearman_fnorm_vs_frequency_rank'], '.2f')]
       lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def mixing_table(summaries: Mapping[str, dict[str, Any]]) -> str:
+  """Markdown: per label and self-attention layer, the mean mixing ratios of Kobayashi et al.
+  2021 (the share of a token's new state that comes from the other tokens; analysis/norms.py).
+  Cross-attention layers have none and are left out."""
+  lines = ['| kind | layer | ' + ' | '.join(MIXING_RATIOS) + ' |',
+           '|---|---|' + '---:|' * len(MIXING_RATIOS)]
+  for label, summary in summaries.items():
+    for layer in summary['layers']:
+      if 'mixing_ratio' in layer:
+        cells = [_cell(layer['mixing_ratio'].get(r), '.3f') for r in MIXING_RATIOS]
+        lines.append(f'| {label} | {layer["layer"]} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'

@@ -202,7 +202,7 @@ def _compare_analyses(root: Path, kinds: list[str]) -> None:
                                  'gradient norms over depth'), flush=True)
       table = compare.collapse_table(summaries)
     else:
-      table = compare.norms_table(summaries)
+      table = compare.norms_table(summaries) + '\n' + compare.mixing_table(summaries)
     (root / f'{analysis}-by-kind.md').write_text(table + note)
     print(table, flush=True)
 

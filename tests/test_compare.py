@@ -21,6 +21,10 @@ def _norms_summary(eos_weight: float, eos_share: float) -> dict:
           'other': {'weight': 0.3, 'share': 0.6, 'norm': 0.2, 'f_norm': 4.0}}  # no 'frequent'
   return {'analysis': 'norms', 'layers': [
       {'layer': 'layer 1', 'categories': cats, 'spearman_alpha_vs_fnorm': -0.25,
+       'spearman_fnorm_vs_frequency_rank': None,
+       'mixing_ratio': {'ATTN-W': 0.75, 'ATTN-N': eos_weight, 'ATTNRES-W': 0.375,
+                        'ATTNRES-N': 0.125}},   # no ATTNRESLN-N
+      {'layer': 'cross 1', 'categories': cats, 'spearman_alpha_vs_fnorm': None,
        'spearman_fnorm_vs_frequency_rank': None}]}
 
 
@@ -40,8 +44,8 @@ def test_norms_table_cells():
                                'diff': _norms_summary(0.25, 0.0625)})
   lines = table.strip().splitlines()
   header, rows = _cells(lines[0]), [dict(zip(_cells(lines[0]), _cells(l))) for l in lines[2:]]
-  assert len(rows) == 2 and all(len(_cells(l)) == len(header) for l in lines)
-  softmax, diff = rows
+  assert len(rows) == 4 and all(len(_cells(l)) == len(header) for l in lines)
+  softmax, _, diff, _ = rows
   assert softmax['kind'] == 'softmax' and softmax['layer'] == 'layer 1'
   assert softmax['eos α'] == '0.500' and softmax['eos norm share'] == '0.125'
   assert softmax['eos ‖f‖ / other ‖f‖'] == '0.25'          # 1.0 / 4.0
@@ -82,3 +86,13 @@ def test_a_missing_or_wrong_summary_is_named(tmp_path):
   path.write_text(json.dumps(_norms_summary(0.5, 0.1)))
   with pytest.raises(ValueError, match="holds a 'norms' analysis; expected 'collapse'"):
     compare.read_summary(tmp_path, 'collapse', 'valid', 300)
+
+
+def test_mixing_table_has_self_attention_rows_only():
+  table = compare.mixing_table({'softmax': _norms_summary(0.5, 0.125),
+                                'diff': _norms_summary(0.25, 0.0625)})
+  lines = table.strip().splitlines()
+  assert _cells(lines[0]) == ['kind', 'layer', *compare.MIXING_RATIOS]
+  assert len(lines) == 4   # the cross-attention layers have no mixing ratio
+  assert _cells(lines[2]) == ['softmax', 'layer 1', '0.750', '0.500', '0.375', '0.125', '–']
+  assert _cells(lines[3])[:4] == ['diff', 'layer 1', '0.750', '0.250']
