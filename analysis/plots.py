@@ -272,14 +272,17 @@ def depth_curves(path, curves: Mapping[str, Mapping[str, Sequence[float | None]]
   """Write one panel per metric of per-layer values, one line per attention kind, to `path`.
 
   `curves` is `{metric: {kind: [value per layer]}}`; None entries are skipped (a kind without
-  dense scores has no score gradient). The y axis is logarithmic for the metrics in `log_y`,
+  dense scores has no score gradient). A line 'kind (stack)' has the colour of 'kind' and is
+  dashed. The y axis is logarithmic for the metrics in `log_y`,
   by default those whose name holds '∂' or 'grad'; there non-positive values are skipped too.
   """
   if not curves:
     raise ValueError("curves is empty; expected {metric: {kind: [value per layer]}}")
   log = {m for m in curves if _is_gradient(m)} if log_y is None else set(log_y)
   kinds = list(dict.fromkeys(k for per_kind in curves.values() for k in per_kind))
-  colours = {k: f'C{i % 10}' for i, k in enumerate(kinds)}
+  bases = list(dict.fromkeys(k.split(' (')[0] for k in kinds))
+  colours = {k: f'C{bases.index(k.split(" (")[0]) % 10}' for k in kinds}
+  styles = {k: '--' if ' (' in k else '-' for k in kinds}
   n, cols = len(curves), min(len(curves), 3)
   rows = -(-n // cols)
   fig = Figure(figsize=(4.2 * cols, 3.2 * rows + 0.6), layout='constrained')
@@ -292,7 +295,8 @@ def depth_curves(path, curves: Mapping[str, Mapping[str, Sequence[float | None]]
       if metric in log:
         x, y = x[y > 0], y[y > 0]
       if x.size:
-        ax.plot(x, y, marker='o', markersize=3, color=colours[kind])
+        ax.plot(x, y, marker='o', markersize=3, color=colours[kind],
+                linestyle=styles[kind])
         drawn.add(kind)
     if metric in log and drawn:
       ax.set_yscale('log')
@@ -306,7 +310,8 @@ def depth_curves(path, curves: Mapping[str, Mapping[str, Sequence[float | None]]
   for ax in axes[n:]:
     ax.set_visible(False)
   if shown:  # one legend for all panels; kinds without any value are left out of it
-    fig.legend(handles=[Line2D([], [], color=colours[k], marker='o', markersize=3, label=k)
+    fig.legend(handles=[Line2D([], [], color=colours[k], linestyle=styles[k], marker='o',
+                               markersize=3, label=k)
                         for k in kinds if k in shown], loc='outside lower center',
                ncols=min(len(shown), 6), fontsize=8)
   fig.suptitle(title)
