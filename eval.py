@@ -294,7 +294,7 @@ def run_analysis(workdir: Path, analysis: str, checkpoint: str, split: str, *,
                                                         config=config, data=data)
   model = nnx.merge(graphdef, params, rest)
   step = chosen[-1]
-  name = f'{analysis}-{"text" if text is not None else split}-step{step}'
+  name = report.output_name(analysis, 'text' if text is not None else split, step)
   meta = {'checkpoint': checkpoint, 'step': step, 'split': None if text else split,
           'text': text, 'data': config.data.name}
   if analysis == 'norms':

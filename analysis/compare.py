@@ -26,7 +26,7 @@ MIXING_RATIOS = ('ATTN-W', 'ATTN-N', 'ATTNRES-W', 'ATTNRES-N', 'ATTNRESLN-N')
 
 def summary_path(workdir: str | Path, analysis: str, split: str, step: int) -> Path:
   """Where `eval.py --analysis=<analysis> --split=<split>` put the summary of checkpoint `step`."""
-  return Path(workdir) / 'analysis' / f'{analysis}-{split}-step{step}.json'
+  return Path(workdir) / 'analysis' / f'{report.output_name(analysis, split, step)}.json'
 
 
 def read_summary(workdir: str | Path, analysis: str, split: str, step: int) -> dict[str, Any]:

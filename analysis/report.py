@@ -80,6 +80,12 @@ class Output:
   texts: dict[str, str] = dataclasses.field(default_factory=dict)  # file suffix → content
 
 
+def output_name(analysis: str, source: str, step: int) -> str:
+  """The file stem of an analysis of checkpoint `step`: `source` is the split, or 'text' for
+  `--text`; `write` puts `<stem>.json`, `<stem>.npz` and `<stem>-*.png` under `W/analysis/`."""
+  return f'{analysis}-{source}-step{step}'
+
+
 def write(out: Output, directory: Path) -> dict[str, str]:
   """Draws the pictures into a temporary folder beside `directory`, then renames every file in.
 

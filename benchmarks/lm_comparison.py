@@ -256,10 +256,12 @@ def main(argv):
         'valid_context_window': evals['valid']['protocol']['context_window'],
         'context_window': evals['test']['protocol']['context_window'],
         'checkpoint_step': evals['test']['step'],
-        'commands': [' '.join(shlex.quote(c) for c in ['python'] + train[1:])] + [
-            f'python eval.py --workdir={workdir} --split={"|".join(_SPLITS.value)} '
-            f'--checkpoint={_STEPS.value} --batch_size={_EVAL_BATCH.value}'] * bool(_SPLITS.value),
+        'commands': [' '.join(shlex.quote(c) for c in ['python'] + train[1:])],
     }
+    if _SPLITS.value:
+      row['commands'].append(f'python eval.py --workdir={workdir} '
+                             f'--split={"|".join(_SPLITS.value)} --checkpoint={_STEPS.value} '
+                             f'--batch_size={_EVAL_BATCH.value}')
     print(json.dumps(row), flush=True)
     rows = _merge_rows(root / 'comparison.json', row)
     _analyse(workdir, log)
