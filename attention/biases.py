@@ -128,6 +128,18 @@ class ScoreMod(nnx.Module):
     bias = self.bias(q_len, kv_len, q_offset, kv_offset)
     return scores + bias.astype(accumulation_dtype(scores))
 
+  def position_params(self) -> jnp.ndarray | None:
+    """`[N | 1, P]` per-head numbers if the bias is a function of i − j alone, else None.
+
+    Kernels evaluate such a mod tile by tile (`position_bias`) instead of reading a [T, S]
+    bias, and return the gradient of these numbers (e.g. learnable ALiBi slopes).
+    """
+    return None
+
+  def position_bias(self, d: jnp.ndarray, params: jnp.ndarray) -> jnp.ndarray:
+    """The bias at relative positions `d = i − j` (float) for one head's `params: [P]`."""
+    raise NotImplementedError
+
   def dense(self, q_len: int, kv_len: int, num_heads: int) -> jnp.ndarray:
     """The bias at positions [0, T) × [0, S) as float32 `[1, num_heads, T, S]`."""
     self._check_heads(num_heads)
@@ -176,6 +188,21 @@ class _Compose(ScoreMod):
     for m in self.mods:
       m._check_heads(num_heads)
 
+  def position_params(self):
+    parts = [m.position_params() for m in self.mods]
+    if any(p is None for p in parts):
+      return None
+    heads = max(p.shape[0] for p in parts)
+    return jnp.concatenate([jnp.broadcast_to(p, (heads, p.shape[1])) for p in parts], axis=1)
+
+  def position_bias(self, d, params):
+    out, start = 0.0, 0
+    for m in self.mods:
+      width = m.position_params().shape[1]
+      out = out + m.position_bias(d, params[start:start + width])
+      start += width
+    return out
+
 
 # ------------------------------------------------------------------------------------------
 # ALiBi.
@@ -215,6 +242,12 @@ class _Alibi(ScoreMod):
     # mask removes anyway (and which keeps the paper's formula exact).
     d = jnp.abs(d) if self.bidirectional else d
     return -self.slopes()[None, :, None, None] * d
+
+  def position_params(self):
+    return self.slopes()[:, None]
+
+  def position_bias(self, d, params):
+    return -params[0] * (jnp.abs(d) if self.bidirectional else d)
 
 
 class _LearnableAlibi(_Alibi):
@@ -257,6 +290,13 @@ class _DistanceDecay(ScoreMod):
     d = jnp.log1p(d) if self.form == 'log' else d
     return _rank4(-self.rate * d)
 
+  def position_params(self):
+    return jnp.full((1, 1), self.rate, _default_float())
+
+  def position_bias(self, d, params):
+    d = jnp.abs(d)
+    return -params[0] * (jnp.log1p(d) if self.form == 'log' else d)
+
 
 def distance_decay(rate: float, form: str = 'log') -> ScoreMod:
   """Attention that decays with distance: −rate·log(1 + |i − j|) (`form='log'`) or −rate·|i − j|.
@@ -280,6 +320,12 @@ class _GaussianWindow(ScoreMod):
   def bias(self, q_len, kv_len, q_offset=0, kv_offset=0):
     d = _relative_positions(q_len, kv_len, q_offset, kv_offset)
     return _rank4(-(d * d) / (2.0 * self.sigma ** 2))
+
+  def position_params(self):
+    return jnp.full((1, 1), 1.0 / (2.0 * self.sigma ** 2), _default_float())
+
+  def position_bias(self, d, params):
+    return -(d * d) * params[0]
 
 
 def gaussian_window(sigma: float) -> ScoreMod:
