@@ -126,7 +126,12 @@ def default_configs() -> ml_collections.ConfigDict:
 
 def check_implementation(config: ml_collections.ConfigDict, kind: str,
                          implementations: tuple[str, ...] = ('xla',)) -> str:
-  """`config.impl` if `kind` has it; otherwise a ValueError listing the ones it has."""
+  """`config.impl` if `kind` has it; otherwise a ValueError listing the ones it has.
+
+  `auto` is accepted by every kind: a kind without an `auto` rule of its own runs its first
+  implementation (xla)."""
+  if config.impl == 'auto' and 'auto' not in implementations:
+    return implementations[0]
   if config.impl not in implementations:
     raise ValueError(f'attention.impl={config.impl!r} is not available for attention.kind={kind}; '
                      f'choose one of: {", ".join(implementations)}')
@@ -148,7 +153,8 @@ def create_core(config: ml_collections.ConfigDict, *, num_heads: int, head_dim: 
              max_len=max_len, rngs=rngs)
 
 
-CORE_KEYS = ('impl', 'dropout')  # the `attention.*` keys a core reads besides its own options
+# The `attention.*` keys a core reads besides its own options.
+CORE_KEYS = ('impl', 'dropout', 'block_q', 'block_k')
 
 
 def core_config(kind: str, **overrides) -> ml_collections.ConfigDict:
@@ -161,7 +167,7 @@ def core_config(kind: str, **overrides) -> ml_collections.ConfigDict:
   cls = core_class(kind)
   options = cls.default_config() if hasattr(cls, 'default_config') else ml_collections.ConfigDict()
   config = ml_collections.ConfigDict({'kind': kind, 'impl': 'xla', 'dropout': 0.0,
-                                      'mask': '', 'bias': ''})
+                                      'block_q': 0, 'block_k': 0, 'mask': '', 'bias': ''})
   config[kind] = options
   for name, value in overrides.items():
     if name in CORE_KEYS:

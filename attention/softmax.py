@@ -9,6 +9,13 @@
 - `cudnn`: cuDNN flash attention through `jax.nn.dot_product_attention(implementation='cudnn')`,
   with the mask and additive priors materialised densely. NVIDIA GPUs only; bfloat16/float16
   inputs; no attention dropout and no multiplicative score mods.
+- `pallas`: our flash-attention kernel (attention/kernels/flash.py): empty tiles of the mask
+  are skipped, full ones unmasked, ALiBi-type priors computed in the kernel. Triton on GPU,
+  Mosaic on TPU, the interpreter on CPU (tests only: slow). No attention dropout and no
+  multiplicative score mods; tile sizes `attention.block_q` / `attention.block_k`.
+- `auto`: per backend, the fastest of these that supports the call (CPU: xla; GPU: cudnn for
+  bfloat16/float16 without dropout, else pallas without dropout, else xla; TPU: pallas without
+  dropout, else xla), chosen when the layer is first traced and logged once.
 
 Conventions shared by every core (attention/registry.py): the mask is applied after the score
 mod, and a query row with nothing to attend to (e.g. a padded query) outputs exact zeros with
@@ -17,6 +24,7 @@ finite gradients, never the uniform average or NaN.
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import jax
@@ -25,10 +33,25 @@ import ml_collections
 from flax import nnx
 
 from attention.biases import ScoreMod
+from attention.kernels import backend as kernel_backend
+from attention.kernels import flash
 from attention.masks import Mask
 from attention.registry import accumulation_dtype, check_implementation, register
 
-IMPLEMENTATIONS = ('xla', 'cudnn')
+IMPLEMENTATIONS = ('xla', 'cudnn', 'pallas', 'auto')
+_LOGGED_CHOICES: set = set()
+
+
+def choose_implementation(platform: str, dtype, *, dropout: float,
+                          score_mod: ScoreMod | None) -> str:
+  """What `attention.impl=auto` runs on `platform` ('cpu', 'gpu', 'tpu') for this call."""
+  additive = score_mod is None or score_mod.additive
+  if platform == 'gpu' and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and not dropout \
+      and additive:
+    return 'cudnn'
+  if platform in ('gpu', 'tpu') and not dropout and additive:
+    return 'pallas'
+  return 'xla'
 
 
 def attention_weights(q: jnp.ndarray, k: jnp.ndarray, mask: Mask | None = None,
@@ -76,7 +99,8 @@ class SoftmaxAttention(nnx.Module):
 
   Shapes: `q: [B, T, N, H]`, `k, v: [B, S, N, H]` → `[B, T, N, H]` in `v`'s dtype, computed
   in `accumulation_dtype(q, k, v)` (xla). Reads
-  `config.impl` (xla | cudnn) and `config.dropout` (on the attention weights, xla only).
+  `config.impl` (xla | cudnn | pallas | auto), `config.dropout` (on the attention weights, xla
+  only) and, for pallas, `config.block_q` / `config.block_k` (0: the kernel's default).
   """
 
   @classmethod
@@ -91,25 +115,51 @@ class SoftmaxAttention(nnx.Module):
                layer_index: int = 0, max_len: int = 0):
     del layer_index, max_len  # unused
     impl = check_implementation(config, 'softmax', IMPLEMENTATIONS)
+    if impl in ('cudnn', 'pallas') and config.dropout > 0:
+      raise ValueError(f'attention.dropout={config.dropout} is not supported with '
+                       f'attention.impl={impl}; set attention.dropout=0 or use '
+                       'attention.impl=xla')
     if impl == 'cudnn':
-      if config.dropout > 0:
-        raise ValueError(f'attention.dropout={config.dropout} is not supported with '
-                         'attention.impl=cudnn; set attention.dropout=0 or use '
-                         'attention.impl=xla')
       backend = jax.default_backend()
       if backend != 'gpu':
         raise ValueError(f'attention.impl=cudnn needs an NVIDIA GPU; this backend is {backend}; '
                          'use attention.impl=xla')
+    if impl == 'pallas':  # refuse tile sizes and head dims the backend cannot take, up front
+      backend = kernel_backend.resolve()
+      backend.check(head_dim=head_dim,
+                    block_q=config.get('block_q', 0) or flash.DEFAULT_BLOCK[backend.name],
+                    block_k=config.get('block_k', 0) or flash.DEFAULT_BLOCK[backend.name])
     self.impl = impl
+    self.block_q = config.get('block_q', 0) or None
+    self.block_k = config.get('block_k', 0) or None
+    self.dropout_rate = config.dropout
     self.num_heads, self.head_dim = num_heads, head_dim
     self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
 
+  def _resolve(self, q, score_mod) -> str:
+    if self.impl != 'auto':
+      return self.impl
+    platform = jax.default_backend()
+    choice = choose_implementation(platform, q.dtype, dropout=self.dropout_rate,
+                                   score_mod=score_mod)
+    key = (platform, jnp.dtype(q.dtype).name, choice)
+    if key not in _LOGGED_CHOICES:
+      _LOGGED_CHOICES.add(key)
+      logging.info('attention.impl=auto: softmax attention runs impl=%s on %s (%s inputs)',
+                   choice, platform, key[1])
+    return choice
+
   def __call__(self, q, k, v, mask: Mask | None = None, *, score_mod: ScoreMod | None = None,
                deterministic: bool = True, sow_weights: bool = False):
-    if self.impl == 'cudnn':
-      out = self._cudnn(q, k, v, mask, score_mod)
+    impl = self._resolve(q, score_mod)
+    if impl in ('cudnn', 'pallas'):
+      if impl == 'cudnn':
+        out = self._cudnn(q, k, v, mask, score_mod)
+      else:
+        out, _ = flash.flash_attention(q, k, v, mask, score_mod, block_q=self.block_q,
+                                       block_k=self.block_k)
       if sow_weights:
-        # cuDNN does not return its weights; recompute them (analysis only, not the hot path).
+        # The kernels do not return their weights; recompute them (analysis only).
         self.sow(nnx.Intermediate, 'attention_weights', attention_weights(q, k, mask, score_mod))
       return out
     w = attention_weights(q, k, mask, score_mod, scores_hook=scores_probe(self, sow_weights))

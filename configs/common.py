@@ -49,8 +49,10 @@ def attention_config() -> ml_collections.ConfigDict:
   """`config.attention`: which algorithm (`kind`), which implementation (`impl`), options."""
   c = ml_collections.ConfigDict()
   c.kind = 'softmax'          # attention.known_kinds()
-  c.impl = 'xla'              # xla | cudnn | pallas (where the kind has it)
+  c.impl = 'xla'              # xla | cudnn | pallas | auto (where the kind has them)
   c.dropout = 0.0             # dropout on the attention weights
+  c.block_q = 0               # Pallas kernels' query / key tile sizes (powers of two ≥ 16;
+  c.block_k = 0               # 0: 64, or 128 on TPU)
   # Prior knowledge (attention/masks.py, attention/biases.py): expressions such as
   # "local_window(64) | global_tokens([0])" and "alibi()" or "learnable(gaussian_window(8))".
   c.mask = ''                 # binary prior mask, AND-ed with causal/padding

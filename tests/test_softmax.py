@@ -190,10 +190,12 @@ def test_cudnn_without_gpu_is_a_clear_error():
 
 
 def test_unsupported_impl_options_are_clear_errors():
-  with pytest.raises(ValueError, match=r"attention.impl='pallas'.*xla, cudnn"):
-    make_core('pallas')
+  with pytest.raises(ValueError, match=r"attention.impl='triton'.*xla, cudnn, pallas, auto"):
+    make_core('triton')
   with pytest.raises(ValueError, match='attention.dropout=0.1.*cudnn'):
     make_core('cudnn', dropout=0.1)
+  with pytest.raises(ValueError, match='attention.dropout=0.1.*pallas'):
+    make_core('pallas', dropout=0.1)
 
 
 @pytest.fixture

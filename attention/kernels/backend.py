@@ -54,18 +54,19 @@ class Backend:
       return pltpu.CompilerParams(dimension_semantics=('parallel',) * num_grid_axes)
     return None
 
-  def check(self, *, head_dim: int, dtype, block_q: int, block_k: int) -> None:
+  def check(self, *, head_dim: int, block_q: int, block_k: int, dtype=None) -> None:
     """A ValueError naming the value and the supported ones when the backend cannot take it."""
-    dtype = jnp.dtype(dtype).name
-    if dtype not in _DTYPES[self.name]:
-      raise ValueError(f'attention.impl=pallas on {self.name}: dtype {dtype} is not supported; '
-                       f'supported: {", ".join(_DTYPES[self.name])}')
+    if dtype is not None and jnp.dtype(dtype).name not in _DTYPES[self.name]:
+      raise ValueError(f'attention.impl=pallas on {self.name}: dtype {jnp.dtype(dtype).name} is '
+                       f'not supported; supported: {", ".join(_DTYPES[self.name])}')
     for what, value in (('block_q', block_q), ('block_k', block_k)):
-      if not isinstance(value, int) or not _power_of_two(value) or value < 8:
-        raise ValueError(f'attention.pallas.{what}={value!r} is not supported; expected a '
-                         'power of two ≥ 8 (16, 32, 64, 128, ...)')
+      if isinstance(value, bool) or not isinstance(value, int) or not _power_of_two(value) \
+          or value < 16:
+        raise ValueError(f'attention.{what}={value!r} is not supported by the Pallas kernels; '
+                         'expected a power of two ≥ 16 (16, 32, 64, 128, ...) or 0 for the '
+                         'default')
       if self.name == 'tpu' and value % 128:
-        raise ValueError(f'attention.pallas.{what}={value} is not supported on tpu; expected a '
+        raise ValueError(f'attention.{what}={value} is not supported on tpu; expected a '
                          'multiple of 128 (the TPU lane width)')
     if self.name == 'triton' and not (_power_of_two(head_dim) and 16 <= head_dim <= 256):
       raise ValueError(f'attention.impl=pallas on triton: head dim {head_dim} is not supported; '

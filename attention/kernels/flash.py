@@ -56,6 +56,20 @@ from attention.registry import accumulation_dtype
 DEFAULT_BLOCK = {'triton': 64, 'tpu': 128, 'interpret': 64}
 
 
+def block_sizes(backend: Backend, q_len: int, kv_len: int, block_q: int | None,
+                block_k: int | None) -> tuple[int, int]:
+  """The tile sizes a call uses: the given ones, else the backend's default (64; 128 on
+  TPU), capped off TPU at the next power of two ≥ 16 of the sequence length."""
+  default = DEFAULT_BLOCK[backend.name]
+
+  def pick(given, length):
+    if given:
+      return given
+    return default if backend.name == 'tpu' else min(default, max(16, _next_power_of_two(length)))
+
+  return pick(block_q, q_len), pick(block_k, kv_len)
+
+
 def _next_power_of_two(n: int) -> int:
   return 1 << max(0, int(n) - 1).bit_length()
 
@@ -578,11 +592,7 @@ def flash_attention(q, k, v, mask: masks_lib.Mask | None = None,
   backend = resolve(platform)
   B, T, N, H = q.shape
   S = k.shape[1]
-  default = DEFAULT_BLOCK[backend.name]
-  if block_q is None:
-    block_q = default if backend.name == 'tpu' else min(default, max(16, _next_power_of_two(T)))
-  if block_k is None:
-    block_k = default if backend.name == 'tpu' else min(default, max(16, _next_power_of_two(S)))
+  block_q, block_k = block_sizes(backend, T, S, block_q, block_k)
   backend.check(head_dim=H, dtype=q.dtype, block_q=block_q, block_k=block_k)
   if k.shape != (B, S, N, H) or v.shape != (B, S, N, H):
     raise ValueError(f'flash_attention: q {q.shape}, k {k.shape} and v {v.shape} must be '

@@ -1,0 +1,346 @@
+"""The Pallas flash-attention kernel (attention/kernels/flash.py) against float64 references.
+
+Kernels run in interpret mode on CPU (and once under the TPU interpreter with race detection);
+every kernel is also lowered for cuda (Triton) and tpu (Mosaic) here, so a change that breaks
+the GPU or TPU build fails on CPU. Shapes are tiny: interpretation is slow, and compilation
+dominates. Lengths are deliberately not block multiples.
+"""
+
+import functools
+
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attention import biases, masks
+from attention.kernels import backend as kernel_backend
+from attention.kernels import flash
+from attention.registry import make_core
+
+B, N, H = 2, 2, 16
+
+
+def qkv(seed, t, s, dtype=jnp.float32, b=B, n=N, h=H):
+  ks = jax.random.split(jax.random.key(seed), 3)
+  q = jax.random.normal(ks[0], (b, t, n, h), jnp.float32)
+  k = jax.random.normal(ks[1], (b, s, n, h), jnp.float32)
+  v = jax.random.normal(ks[2], (b, s, n, h), jnp.float32)
+  return q.astype(dtype), k.astype(dtype), v.astype(dtype)
+
+
+def reference(q, k, v, allowed, bias):
+  """float64 attention written out: softmax over allowed keys, zeros for empty rows; and lse."""
+  q, k, v = (jnp.asarray(x, jnp.float64) for x in (q, k, v))
+  s = jnp.einsum('btnh,bsnh->bnts', q, k) / np.sqrt(q.shape[-1])
+  if bias is not None:
+    s = s + jnp.asarray(bias, jnp.float64)
+  allowed = jnp.broadcast_to(jnp.asarray(allowed, bool), s.shape)
+  s = jnp.where(allowed, s, -jnp.inf)
+  m = jnp.max(s, axis=-1, keepdims=True)
+  m = jnp.where(jnp.isfinite(m), m, 0.0)
+  e = jnp.where(allowed, jnp.exp(s - m), 0.0)
+  total = e.sum(-1, keepdims=True)
+  w = e / jnp.where(total == 0, 1.0, total)
+  lse = jnp.where(total[..., 0] == 0, -jnp.inf, jnp.log(jnp.where(total == 0, 1.0, total))[..., 0]
+                  + m[..., 0])
+  return jnp.einsum('bnts,bsnh->btnh', w, v), lse
+
+
+def dense_mask(mask, t, s):
+  return np.ones((1, 1, t, s), bool) if mask is None else np.asarray(mask.dense(t, s))
+
+
+def check(q, k, v, mask=None, score_mod=None, *, block=16, atol=2e-5, grads=True,
+          platform='cpu'):
+  """Forward, lse and gradients of the kernel vs the float64 reference."""
+  t, s = q.shape[1], k.shape[1]
+  allowed = dense_mask(mask, t, s)
+  attend = jax.jit(functools.partial(flash.flash_attention, mask=mask, score_mod=score_mod,
+                                     block_q=block, block_k=block, platform=platform))
+  out, lse = attend(q, k, v)
+  # A loss that weights every output element differently.
+  weights = np.asarray(jax.random.normal(jax.random.key(7), out.shape, jnp.float32))
+  if grads:
+    got = jax.jit(jax.grad(lambda *a: jnp.sum(attend(*a)[0] * weights), (0, 1, 2)))(q, k, v)
+  with jax.enable_x64(True):
+    bias = None if score_mod is None else np.asarray(score_mod.bias(t, s), np.float64)
+    want, want_lse = reference(q, k, v, allowed, bias)
+    np.testing.assert_allclose(np.asarray(out, np.float64), want, atol=atol, rtol=atol)
+    np.testing.assert_allclose(np.asarray(lse, np.float64), want_lse, atol=atol, rtol=atol)
+    if not grads:
+      return
+    exp = jax.grad(lambda *a: jnp.sum(reference(*a, allowed, bias)[0] * weights),
+                   (0, 1, 2))(*(jnp.asarray(x, jnp.float64) for x in (q, k, v)))
+  for name, g, e in zip('qkv', got, exp):
+    assert np.isfinite(np.asarray(g)).all(), f'd{name} is not finite'
+    np.testing.assert_allclose(np.asarray(g, np.float64), e, atol=atol * 4, rtol=atol * 4,
+                               err_msg=f'd{name}')
+
+
+VALID = np.array([[1] * 37, [1] * 23 + [0] * 14], bool)
+SEGMENTS = np.array([[0] * 10 + [1] * 20 + [2] * 7, [0] * 30 + [1] * 7], np.int32)
+
+CASES = {
+    'no mask': (lambda: None, lambda: None),
+    'causal, padded keys and queries': (
+        lambda: masks.causal() & masks.padding(jnp.asarray(VALID), jnp.asarray(VALID)),
+        lambda: None),
+    'packed segments, causal, ALiBi': (
+        lambda: masks.causal() & masks.segments(jnp.asarray(SEGMENTS), jnp.asarray(SEGMENTS)),
+        lambda: biases.alibi(N)),
+    'local window | global tokens, Gaussian + decay': (
+        lambda: masks.local_window(5, 5) | masks.global_tokens([0, 20]),
+        lambda: biases.gaussian_window(4.0) + biases.distance_decay(0.5)),
+    'array mask and array bias': (
+        lambda: masks.from_array(np.random.RandomState(0).rand(N, 37, 37) > 0.6) & ~masks.chunked(8),
+        lambda: biases.from_array(np.random.RandomState(1).randn(N, 37, 37))),
+}
+
+
+@pytest.mark.parametrize('case', list(CASES))
+def test_forward_and_gradients_match_float64_reference(case):
+  mask, mod = (f() for f in CASES[case])
+  check(*qkv(0, 37, 37), mask, mod)
+
+
+def test_cross_attention_lengths_and_rectangular_tiles():
+  q, k, v = qkv(1, 9, 45)
+  check(q, k, v, masks.padding(None, jnp.asarray(np.arange(45)[None] < np.array([[45], [3]]))),
+        block=16)
+
+
+def test_fully_masked_rows_give_zeros_and_finite_gradients():
+  q, k, v = qkv(2, 20, 20, b=1)
+  allowed = np.tril(np.ones((20, 20), bool))
+  allowed[[3, 17]] = False            # two queries see nothing
+  allowed[:, 16:] = False             # and a whole key block is empty
+  mask = masks.from_array(allowed)
+  out, lse = flash.flash_attention(q, k, v, mask, block_q=16, block_k=16, platform='cpu')
+  assert np.all(np.asarray(out)[0, [3, 17]] == 0)
+  assert np.all(np.asarray(lse)[0, :, [3, 17]] == -np.inf)
+  check(q, k, v, mask)
+
+
+def test_bfloat16_inputs_match_float32_reference():
+  q, k, v = qkv(3, 37, 37, jnp.bfloat16)
+  mask = masks.causal() & masks.padding(None, jnp.asarray(VALID))
+  out, _ = flash.flash_attention(q, k, v, mask, biases.alibi(N), block_q=16, block_k=16,
+                                 platform='cpu')
+  assert out.dtype == jnp.bfloat16
+  with jax.enable_x64(True):
+    want, _ = reference(q, k, v, dense_mask(mask, 37, 37),
+                        np.asarray(biases.alibi(N).bias(37, 37), np.float64))
+  np.testing.assert_allclose(np.asarray(out, np.float32), want, atol=2e-2, rtol=2e-2)
+
+
+def test_learnable_table_and_slopes_get_the_score_gradient():
+  """A learnable table is read as a bias array (its gradient is dS); learnable ALiBi slopes
+  are computed in the kernel (their gradient is Σ dS·∂bias/∂m). Both against autodiff of
+  the XLA path."""
+  from flax import nnx
+  q, k, v = qkv(4, 24, 24, b=1)
+  mask = masks.causal()
+  for mod in (biases.learnable(biases.alibi(N), 32),
+              biases.learnable_alibi(N)):
+    graphdef, params = nnx.split(mod, nnx.Param)
+
+    def loss(params, attend):
+      return jnp.sum(attend(q, k, v, mask, nnx.merge(graphdef, params)) ** 2)
+
+    pallas = lambda *a: flash.flash_attention(*a, block_q=16, block_k=16, platform='cpu')[0]
+    xla = lambda *a: make_core('softmax', num_heads=N, head_dim=H)(a[0], a[1], a[2], a[3],
+                                                                   score_mod=a[4])
+    got = jax.grad(loss)(params, pallas)
+    want = jax.grad(loss)(params, xla)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      assert np.abs(np.asarray(w)).max() > 0
+      np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=2e-4, rtol=2e-4)
+
+
+@hypothesis.settings(max_examples=4, deadline=None, derandomize=True)
+@hypothesis.given(st.lists(st.booleans(), min_size=9, max_size=9))
+def test_block_sparse_masks_skip_exactly_the_empty_tiles(pattern):
+  """Random tile patterns: the kernel visits the non-empty tiles only, and its output equals
+  the reference (keys in empty tiles get no weight, not a uniform share)."""
+  tiles = np.asarray(pattern, bool).reshape(3, 3)
+  allowed = np.kron(tiles, np.ones((16, 16), bool))[:40, :40]
+  allowed &= np.random.RandomState(sum(pattern)).rand(40, 40) > 0.3
+  mask = masks.from_array(allowed)
+  summary = flash.block_summary(mask, 40, 40, 16, 16)
+  lists = flash.BlockLists.from_summary(summary)
+  assert lists.visited == int((summary != masks.EMPTY).sum()) <= int(tiles.sum())
+  check(*qkv(5, 40, 40, b=1), mask, grads=False)
+
+
+def test_full_tiles_skip_the_mask_and_lists_transpose():
+  mask = masks.local_window(31)
+  summary = flash.block_summary(mask, 64, 64, 16, 16)
+  fwd = flash.BlockLists.from_summary(summary)
+  bwd = flash.BlockLists.from_summary(summary.T)
+  # Keys i − 31 … i: a band two tiles wide below the diagonal, the middle one full.
+  assert fwd.visited == bwd.visited == 1 + 2 + 3 + 3 == int((summary != masks.EMPTY).sum())
+  assert fwd.blocks[3].tolist() == [1, 2, 3, -1]     # padded to a power-of-two number of slots
+  assert fwd.full[3].tolist() == [0, 1, 0, 0]
+  assert bwd.blocks[0].tolist() == [0, 1, 2, -1] and bwd.full[0].tolist() == [0, 1, 0, 0]
+
+
+def test_tpu_program_under_the_tpu_interpreter_with_race_detection():
+  q, k, v = qkv(6, 130, 130, b=1, n=1, h=32)
+  valid = jnp.asarray(np.arange(130)[None] < 100)
+  check(q, k, v, masks.causal() & masks.padding(None, valid), biases.alibi(1), block=128,
+        platform='tpu_interpret')
+
+
+@pytest.mark.parametrize('platform', ['cuda', 'tpu'], ids=['triton_cuda', 'mosaic_tpu'])
+def test_kernels_lower_for_gpu_and_tpu(platform):
+  """Forward and backward build for Triton and Mosaic TPU (lowering only; no device here)."""
+  t = 256
+  spec = jax.ShapeDtypeStruct((2, t, 2, 64), jnp.bfloat16)
+  ids = jax.ShapeDtypeStruct((2, t), jnp.int32)
+  array_bias = biases.from_array(np.zeros((2, t, t), np.float32))
+
+  def loss(q, k, v, seg, mask_fn, mod):
+    out, _ = flash.flash_attention(q, k, v, mask_fn(seg), mod, platform=platform)
+    return out.astype(jnp.float32).sum()
+
+  for mask_fn, mod in [
+      (lambda seg: masks.causal() & masks.segments(seg, seg) & masks.padding(None, seg >= 0),
+       biases.alibi(2)),
+      (lambda seg: masks.local_window(64) | masks.global_tokens([0]), array_bias)]:
+    f = jax.grad(functools.partial(loss, mask_fn=mask_fn, mod=mod), (0, 1, 2))
+    text = jax.jit(f).trace(spec, spec, spec, ids).lower(
+        lowering_platforms=(platform,)).as_text()
+    assert ('tpu_custom_call' if platform == 'tpu' else 'triton') in text.lower()
+
+
+def test_softmax_core_impl_pallas_equals_xla_and_sows_weights():
+  q, k, v = qkv(8, 21, 21)
+  mask = masks.causal() & masks.padding(None, jnp.asarray(VALID[:, :21]))
+  xla = make_core('softmax', num_heads=N, head_dim=H)
+  pallas = make_core('softmax', num_heads=N, head_dim=H, impl='pallas', block_q=16, block_k=16)
+  np.testing.assert_allclose(pallas(q, k, v, mask), xla(q, k, v, mask), atol=2e-6)
+  from attention.capture import attention_maps
+  np.testing.assert_allclose(attention_maps(pallas, q, k, v, mask)[''],
+                             attention_maps(xla, q, k, v, mask)[''], atol=1e-6)
+
+
+def test_bad_kernel_options_name_the_supported_values():
+  with pytest.raises(ValueError, match=r'attention.block_q=24.*power of two'):
+    make_core('softmax', num_heads=N, head_dim=H, impl='pallas', block_q=24)
+  with pytest.raises(ValueError, match=r'head dim 48.*16, 32, 64, 128, 256'):
+    kernel_backend.resolve('gpu').check(head_dim=48, block_q=64, block_k=64)
+  with pytest.raises(ValueError, match=r'block_k=64.*multiple of 128'):
+    kernel_backend.resolve('tpu').check(head_dim=64, block_q=128, block_k=64)
+  with pytest.raises(ValueError, match=r'dtype float64.*bfloat16, float16, float32'):
+    kernel_backend.resolve('gpu').check(head_dim=64, block_q=64, block_k=64, dtype='float64')
+  with pytest.raises(ValueError, match=r"attention.impl='pallas'.*kind=topk.*xla"):
+    make_core('topk', num_heads=N, head_dim=H, impl='pallas')
+  with pytest.raises(ValueError, match=r'multiplicative'):
+    q, k, v = qkv(0, 8, 8)
+    flash.flash_attention(q, k, v, None, biases.multiplicative(np.ones((8, 8))), platform='cpu')
+
+
+def test_auto_picks_per_backend():
+  from attention.softmax import choose_implementation
+  assert choose_implementation('cpu', jnp.bfloat16, dropout=0.0, score_mod=None) == 'xla'
+  assert choose_implementation('gpu', jnp.bfloat16, dropout=0.0, score_mod=None) == 'cudnn'
+  assert choose_implementation('gpu', jnp.float32, dropout=0.0, score_mod=None) == 'pallas'
+  assert choose_implementation('tpu', jnp.float32, dropout=0.1, score_mod=None) == 'xla'
+  core = make_core('softmax', num_heads=N, head_dim=H, impl='auto')
+  q, k, v = qkv(9, 5, 5)
+  np.testing.assert_allclose(core(q, k, v), make_core('softmax', num_heads=N, head_dim=H)(q, k, v))
+  np.testing.assert_allclose(make_core('dagpam', num_heads=N, head_dim=H, impl='auto')(q, k, v),
+                             make_core('dagpam', num_heads=N, head_dim=H)(q, k, v))
+
+
+def _train_losses(model, batches, loss_fn, steps=3):
+  """Losses of `steps` SGD updates and the final params. (Not Adam: it turns the rounding noise
+  of gradients that are exactly zero in theory, such as the key bias's, into full steps.)"""
+  import optax
+  from flax import nnx
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  opt = optax.sgd(0.5)
+  state = opt.init(params)
+
+  @jax.jit
+  def step(params, state, batch):
+    loss, grads = jax.value_and_grad(
+        lambda p: loss_fn(nnx.merge(graphdef, p, rest), batch))(params)
+    updates, state = opt.update(grads, state, params)
+    return optax.apply_updates(params, updates), state, loss
+
+  losses = []
+  for i in range(steps):
+    params, state, loss = step(params, state, batches[i % len(batches)])
+    losses.append(float(loss))
+  return losses, params
+
+
+def test_lm_training_steps_with_pallas_equal_xla():
+  """A few updates of a small LM with a prior mask and a learnable bias: impl=pallas
+  (interpreted) follows impl=xla step for step."""
+  from flax import nnx
+  from configs import common
+  from models import lm as lm_lib
+  x = jax.random.randint(jax.random.key(0), (2, 24), 0, 41)
+
+  def build(impl):
+    m = common.model_config()
+    m.num_layers, m.d_model, m.num_heads, m.d_ff, m.max_len, m.vocab_size = 2, 32, 2, 64, 32, 41
+    a = common.attention_config()
+    a.impl, a.block_q, a.block_k = impl, 16, 16
+    a.mask, a.bias = 'local_window(9) | global_tokens([0])', 'learnable(alibi())'
+    return lm_lib.TransformerLM(m, a, rngs=nnx.Rngs(params=0, dropout=1))
+
+  def loss_fn(model, batch):
+    logits = model.logits(model(batch[:, :-1], deterministic=True))
+    return optax_xent(logits, batch[:, 1:])
+
+  got, p_got = _train_losses(build('pallas'), [x], loss_fn)
+  want, p_want = _train_losses(build('xla'), [x], loss_fn)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  assert want[-1] < want[0]
+  for g, w in zip(jax.tree.leaves(p_got), jax.tree.leaves(p_want)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-4)
+
+
+def optax_xent(logits, labels):
+  import optax
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def test_encoder_decoder_gradients_with_pallas_equal_xla():
+  """Encoder self-, decoder self- and cross-attention (padded source) through the kernel."""
+  from flax import nnx
+  from configs import common
+  from models import seq2seq
+  rng = np.random.default_rng(0)
+  source = rng.integers(4, 23, size=(2, 19)).astype(np.int32)
+  source[0, 12:] = 1                                                # padding
+  target_in = np.concatenate([np.full((2, 1), 2), rng.integers(4, 19, (2, 16))], 1)[:, :17]
+
+  def build(impl):
+    c = common.translation_base_config()
+    c.attention.impl, c.attention.block_q, c.attention.block_k = impl, 16, 16
+    m = c.model
+    m.encoder_layers, m.decoder_layers, m.d_model, m.num_heads, m.d_ff = 1, 1, 32, 2, 64
+    m.src_vocab_size, m.tgt_vocab_size, m.max_len = 23, 19, 64
+    return seq2seq.EncoderDecoder(m, c.attention, rngs=nnx.Rngs(params=0, dropout=1))
+
+  def loss(model):
+    h = model(jnp.asarray(source), jnp.asarray(target_in, jnp.int32))
+    return jnp.mean(model.logits(h) ** 2)
+
+  results = []
+  for impl in ('pallas', 'xla'):
+    model = build(impl)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    results.append(jax.jit(jax.value_and_grad(
+        lambda p: loss(nnx.merge(graphdef, p, rest))))(params))
+  (l_got, g_got), (l_want, g_want) = results
+  np.testing.assert_allclose(float(l_got), float(l_want), rtol=1e-5)
+  for g, w in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_want)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=2e-5, rtol=1e-4)
