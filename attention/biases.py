@@ -136,8 +136,12 @@ class ScoreMod(nnx.Module):
     """
     return None
 
-  def position_bias(self, d: jnp.ndarray, params: jnp.ndarray) -> jnp.ndarray:
-    """The bias at relative positions `d = i − j` (float) for one head's `params: [P]`."""
+  # Numbers per head of a position mod (the width P of `position_params`).
+  position_width: int = 0
+
+  def position_bias(self, d: jnp.ndarray, params) -> jnp.ndarray:
+    """The bias at relative positions `d = i − j` (float) for one head's P parameters
+    (`params[0]`, … `params[P − 1]`: an array or a tuple of scalars, as kernels pass them)."""
     raise NotImplementedError
 
   def dense(self, q_len: int, kv_len: int, num_heads: int) -> jnp.ndarray:
@@ -195,12 +199,15 @@ class _Compose(ScoreMod):
     heads = max(p.shape[0] for p in parts)
     return jnp.concatenate([jnp.broadcast_to(p, (heads, p.shape[1])) for p in parts], axis=1)
 
+  @property
+  def position_width(self) -> int:
+    return sum(m.position_width for m in self.mods)
+
   def position_bias(self, d, params):
     out, start = 0.0, 0
     for m in self.mods:
-      width = m.position_params().shape[1]
-      out = out + m.position_bias(d, params[start:start + width])
-      start += width
+      out = out + m.position_bias(d, params[start:start + m.position_width])
+      start += m.position_width
     return out
 
 
@@ -227,6 +234,8 @@ def alibi_slopes(num_heads: int) -> tuple[float, ...]:
 
 
 class _Alibi(ScoreMod):
+
+  position_width = 1
 
   def __init__(self, num_heads: int, bidirectional: bool):
     self.num_heads = num_heads
@@ -282,6 +291,8 @@ def learnable_alibi(num_heads: int, *, bidirectional: bool = False) -> ScoreMod:
 
 class _DistanceDecay(ScoreMod):
 
+  position_width = 1
+
   def __init__(self, rate: float, form: str):
     self.rate, self.form = rate, form
 
@@ -313,6 +324,8 @@ def distance_decay(rate: float, form: str = 'log') -> ScoreMod:
 
 
 class _GaussianWindow(ScoreMod):
+
+  position_width = 1
 
   def __init__(self, sigma: float):
     self.sigma = sigma

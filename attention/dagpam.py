@@ -71,10 +71,14 @@ from flax import nnx
 
 from attention.biases import ScoreMod
 from attention.masks import Mask
+from attention.kernels import backend as kernel_backend
+from attention.kernels import flash
+from attention.kernels.flash import kernel_options
 from attention.registry import (accumulation_dtype, check_choice, check_implementation,
                                 register)
 from attention.softmax import attention_weights, scores_probe
 
+IMPLEMENTATIONS = ('xla', 'pallas', 'auto')
 COMBINATIONS = ('affine', 'difference')
 WQ_NEG_INITS = ('neg_identity', 'default')
 LAMBDA_GRANULARITIES = ('layer', 'head')
@@ -95,8 +99,10 @@ class DaGPAMAttention(nnx.Module):
   """daGPAM core: `core(q, k, v, mask, *, score_mod, deterministic, sow_weights)`.
 
   Shapes: `q: [B, T, N, H]`, `k, v: [B, S, N, H]` → `[B, T, N, H]` in `v`'s dtype, computed in
-  `accumulation_dtype(q, k, v)`. Reads `config.impl` (xla only), `config.dropout` (on the
-  combined map P) and `config.dagpam.*`.
+  `accumulation_dtype(q, k, v)`. Reads `config.impl` (xla | pallas | auto), `config.dropout`
+  (on the combined map P; xla only) and `config.dagpam.*`. `pallas` is the fused two-map
+  kernel (attention/kernels/flash.py `two_map_attention`): one load of K and V per key tile
+  feeds both score tiles and both online softmaxes, and P is never formed.
   """
 
   @classmethod
@@ -121,7 +127,8 @@ class DaGPAMAttention(nnx.Module):
   def __init__(self, *, num_heads: int, head_dim: int, config, rngs: nnx.Rngs,
                layer_index: int = 0, max_len: int = 0):
     del layer_index, max_len  # unused
-    check_implementation(config, 'dagpam')
+    self.impl = check_implementation(config, 'dagpam', IMPLEMENTATIONS)
+    self.kernel_options = kernel_options(config, head_dim, self.impl)
     c = config.dagpam
     for option, choices in (('combination', COMBINATIONS), ('wq_neg_init', WQ_NEG_INITS),
                             ('lambda_granularity', LAMBDA_GRANULARITIES),
@@ -211,6 +218,15 @@ class DaGPAMAttention(nnx.Module):
     if q.shape[-1] != self.head_dim or (not self.share_wq_neg and q.shape[2] != self.num_heads):
       raise ValueError(f'attention.kind=dagpam was built for {self.num_heads} heads of width '
                        f'{self.head_dim}; got q of shape {q.shape} ([B, T, N, H])')
+    impl = self.impl if self.impl != 'auto' else kernel_backend.auto_implementation(
+        'dagpam', q.dtype, dropout=self.dropout.rate,
+        additive=score_mod is None or score_mod.additive)
+    if impl == 'pallas' and not sow_weights:
+      lam_pos, lam_neg = self.lambdas(accumulation_dtype(q, k, v))
+      c_pos = 1.0 + lam_pos if self.combination == 'affine' else lam_pos
+      out, _ = flash.two_map_attention(q, k, self.negative_queries(q), None, v, c_pos, lam_neg,
+                                       mask, score_mod, **self.kernel_options)
+      return out
     p, p_pos, p_neg = self.weights(q, k, mask, score_mod, probe=sow_weights)
     if sow_weights:
       self.sow(nnx.Intermediate, 'attention_weights', p)

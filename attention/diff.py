@@ -25,6 +25,12 @@ Options (`attention.diff.*`):
   lambda_std: standard deviation of the normal initialisation of λ_q1, λ_k1, λ_q2, λ_k2 (0.1).
   norm_eps: ε of the per-head RMSNorm (1e-5).
 
+Implementations (`attention.impl`): `xla` (the map P1 − λP2 formed explicitly), `pallas` (the
+fused two-map kernel of attention/kernels/flash.py: both maps' online softmaxes share each tile
+of V, λ and its gradient go through the kernel, and the RMSNorm follows in XLA; no attention
+dropout, and per-head priors only as position score mods such as ALiBi), `auto` (pallas on
+GPU/TPU when it applies, else xla). Analysis (`sow_weights`) always runs the xla path.
+
 Not in the official code, so uncertain here: `config.dropout` (the official naive
 implementation has no attention dropout) is applied to the differential map P1 − λP2. A query
 that sees no key has a zero DiffAttn row, which RMSNorm keeps at zero, so it outputs zeros.
@@ -42,8 +48,13 @@ from flax import nnx
 
 from attention.biases import ScoreMod
 from attention.masks import Mask
+from attention.kernels import backend as kernel_backend
+from attention.kernels import flash
 from attention.registry import accumulation_dtype, check_implementation, register
 from attention.softmax import attention_weights, scores_probe
+
+
+IMPLEMENTATIONS = ('xla', 'pallas', 'auto')
 
 
 def lambda_init_for_depth(layer_index: int) -> float:
@@ -90,7 +101,8 @@ class DiffAttention(nnx.Module):
                layer_index: int = 0, max_len: int = 0):
     del max_len  # unused
     _check_num_heads(num_heads)
-    check_implementation(config, 'diff')
+    self.impl = check_implementation(config, 'diff', IMPLEMENTATIONS)
+    self.kernel_options = flash.kernel_options(config, head_dim, self.impl)
     c = config.diff
     lam = c.lambda_init
     if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not (
@@ -148,12 +160,25 @@ class DiffAttention(nnx.Module):
             f'attention.kind=diff expects {name} of shape [B, T|S, {expected[0]}, {expected[1]}] '
             f'(model.num_heads/2 heads of width 2·head_dim, from DiffAttention.projection_shape); '
             f'got {tuple(x.shape)}')
-    p = self.weights(q, k, mask, score_mod, probe=sow_weights)
-    if sow_weights:
-      self.sow(nnx.Intermediate, 'attention_weights', p)
-    p = self.dropout(p, deterministic=deterministic)
-    out = jnp.einsum('bnts,bsnh->btnh', p.astype(v.dtype), v,
-                     preferred_element_type=accumulation_dtype(q, k, v))  # [B, T, N/2, 2d]
+    impl = self.impl if self.impl != 'auto' else kernel_backend.auto_implementation(
+        'diff', q.dtype, dropout=self.dropout.rate,
+        additive=score_mod is None or score_mod.additive)
+    if impl == 'pallas' and not sow_weights:
+      # The fused two-map kernel: Q1/K1 and Q2/K2 are the halves of each 2d-wide head, and
+      # the priors of half-head 2h + m apply to map m of pair h, as in `weights`.
+      d = self.head_dim
+      out, _ = flash.two_map_attention(
+          q[..., :d], k[..., :d], q[..., d:], k[..., d:], v, 1.0,
+          self.lambda_full(accumulation_dtype(q, k, v)), mask, score_mod,
+          interleaved_priors=True, **self.kernel_options)
+      out = out.astype(accumulation_dtype(q, k, v))                         # [B, T, N/2, 2d]
+    else:
+      p = self.weights(q, k, mask, score_mod, probe=sow_weights)
+      if sow_weights:
+        self.sow(nnx.Intermediate, 'attention_weights', p)
+      p = self.dropout(p, deterministic=deterministic)
+      out = jnp.einsum('bnts,bsnh->btnh', p.astype(v.dtype), v,
+                       preferred_element_type=accumulation_dtype(q, k, v))  # [B, T, N/2, 2d]
     # subln: RMSNorm over each head's 2d features (at least float32, as the official RMSNorm),
     # then the fixed (1 − λ_init) that keeps the output scale of the baseline at initialisation.
     query_scale = jax.lax.rsqrt(jnp.mean(out * out, axis=-1) + self.norm_eps) * (

@@ -24,7 +24,6 @@ finite gradients, never the uniform average or NaN.
 
 from __future__ import annotations
 
-import logging
 from typing import Callable
 
 import jax
@@ -39,19 +38,6 @@ from attention.masks import Mask
 from attention.registry import accumulation_dtype, check_implementation, register
 
 IMPLEMENTATIONS = ('xla', 'cudnn', 'pallas', 'auto')
-_LOGGED_CHOICES: set = set()
-
-
-def choose_implementation(platform: str, dtype, *, dropout: float,
-                          score_mod: ScoreMod | None) -> str:
-  """What `attention.impl=auto` runs on `platform` ('cpu', 'gpu', 'tpu') for this call."""
-  additive = score_mod is None or score_mod.additive
-  if platform == 'gpu' and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and not dropout \
-      and additive:
-    return 'cudnn'
-  if platform in ('gpu', 'tpu') and not dropout and additive:
-    return 'pallas'
-  return 'xla'
 
 
 def attention_weights(q: jnp.ndarray, k: jnp.ndarray, mask: Mask | None = None,
@@ -115,23 +101,17 @@ class SoftmaxAttention(nnx.Module):
                layer_index: int = 0, max_len: int = 0):
     del layer_index, max_len  # unused
     impl = check_implementation(config, 'softmax', IMPLEMENTATIONS)
-    if impl in ('cudnn', 'pallas') and config.dropout > 0:
-      raise ValueError(f'attention.dropout={config.dropout} is not supported with '
-                       f'attention.impl={impl}; set attention.dropout=0 or use '
-                       'attention.impl=xla')
     if impl == 'cudnn':
+      if config.dropout > 0:
+        raise ValueError(f'attention.dropout={config.dropout} is not supported with '
+                         'attention.impl=cudnn; set attention.dropout=0 or use '
+                         'attention.impl=xla')
       backend = jax.default_backend()
       if backend != 'gpu':
         raise ValueError(f'attention.impl=cudnn needs an NVIDIA GPU; this backend is {backend}; '
                          'use attention.impl=xla')
-    if impl == 'pallas':  # refuse tile sizes and head dims the backend cannot take, up front
-      backend = kernel_backend.resolve()
-      backend.check(head_dim=head_dim,
-                    block_q=config.get('block_q', 0) or flash.DEFAULT_BLOCK[backend.name],
-                    block_k=config.get('block_k', 0) or flash.DEFAULT_BLOCK[backend.name])
     self.impl = impl
-    self.block_q = config.get('block_q', 0) or None
-    self.block_k = config.get('block_k', 0) or None
+    self.kernel_options = flash.kernel_options(config, head_dim, impl)
     self.dropout_rate = config.dropout
     self.num_heads, self.head_dim = num_heads, head_dim
     self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
@@ -139,15 +119,9 @@ class SoftmaxAttention(nnx.Module):
   def _resolve(self, q, score_mod) -> str:
     if self.impl != 'auto':
       return self.impl
-    platform = jax.default_backend()
-    choice = choose_implementation(platform, q.dtype, dropout=self.dropout_rate,
-                                   score_mod=score_mod)
-    key = (platform, jnp.dtype(q.dtype).name, choice)
-    if key not in _LOGGED_CHOICES:
-      _LOGGED_CHOICES.add(key)
-      logging.info('attention.impl=auto: softmax attention runs impl=%s on %s (%s inputs)',
-                   choice, platform, key[1])
-    return choice
+    return kernel_backend.auto_implementation(
+        'softmax', q.dtype, dropout=self.dropout_rate, cudnn=True,
+        additive=score_mod is None or score_mod.additive)
 
   def __call__(self, q, k, v, mask: Mask | None = None, *, score_mod: ScoreMod | None = None,
                deterministic: bool = True, sow_weights: bool = False):
@@ -156,8 +130,7 @@ class SoftmaxAttention(nnx.Module):
       if impl == 'cudnn':
         out = self._cudnn(q, k, v, mask, score_mod)
       else:
-        out, _ = flash.flash_attention(q, k, v, mask, score_mod, block_q=self.block_q,
-                                       block_k=self.block_k)
+        out, _ = flash.flash_attention(q, k, v, mask, score_mod, **self.kernel_options)
       if sow_weights:
         # The kernels do not return their weights; recompute them (analysis only).
         self.sow(nnx.Intermediate, 'attention_weights', attention_weights(q, k, mask, score_mod))

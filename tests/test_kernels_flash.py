@@ -194,6 +194,98 @@ def test_tpu_program_under_the_tpu_interpreter_with_race_detection():
         platform='tpu_interpret')
 
 
+def two_map_reference(q1, k1, q2, k2, v, c1, c2, allowed, bias1, bias2):
+  """float64 c1·P1·V − c2·P2·V, each P_m a softmax over the allowed keys."""
+  per_head = lambda c: jnp.reshape(jnp.asarray(c, jnp.float64), (1, -1, 1, 1))
+  p = (per_head(c1) * reference_weights(q1, k1, allowed, bias1)
+       - per_head(c2) * reference_weights(q2, k2, allowed, bias2))
+  return jnp.einsum('bnts,bsnh->btnh', p, jnp.asarray(v, jnp.float64))
+
+
+def reference_weights(q, k, allowed, bias):
+  q, k = jnp.asarray(q, jnp.float64), jnp.asarray(k, jnp.float64)
+  s = jnp.einsum('btnh,bsnh->bnts', q, k) / np.sqrt(q.shape[-1])
+  if bias is not None:
+    s = s + bias
+  allowed = jnp.broadcast_to(jnp.asarray(allowed, bool), s.shape)
+  s = jnp.where(allowed, s, -jnp.inf)
+  m = jnp.max(s, axis=-1, keepdims=True)
+  e = jnp.where(allowed, jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0)), 0.0)
+  total = e.sum(-1, keepdims=True)
+  return e / jnp.where(total == 0, 1.0, total)
+
+
+@pytest.mark.parametrize('shared_k', [True, False], ids=['daGPAM_shared_K', 'DIFF_two_pairs'])
+def test_two_map_kernel_matches_float64_reference(shared_k):
+  """The fused body of daGPAM (one K, per-head coefficients) and DIFF (two query/key pairs,
+  values twice as wide, ALiBi over interleaved half-heads): output, and the gradients of every
+  input including the coefficients (trainable λs), against float64 autodiff."""
+  t = 29
+  ks_ = jax.random.split(jax.random.key(10), 5)
+  q1, q2, k1, k2 = (jax.random.normal(x, (B, t, N, H)) for x in ks_[:4])
+  v = jax.random.normal(ks_[4], (B, t, N, 2 * H))
+  valid = jnp.asarray(np.arange(t)[None] < np.array([[t], [17]]))
+  mask = masks.causal() & masks.padding(None, valid)
+  c1, c2 = jnp.array([1.5, 1.2]), jnp.array([0.5, 0.3])
+  if shared_k:
+    k2, mod = k1, biases.alibi(N)
+    bias = np.asarray(mod.bias(t, t), np.float64)
+    bias1 = bias2 = bias
+  else:
+    mod = biases.alibi(2 * N)
+    bias = np.asarray(mod.bias(t, t), np.float64)
+    bias1, bias2 = bias[:, 0::2], bias[:, 1::2]     # map m of head n is half-head 2n + m
+
+  def kernel(q1, k1, q2, k2, v, c1, c2):
+    return flash.two_map_attention(q1, k1, q2, None if shared_k else k2, v, c1, c2, mask, mod,
+                                   interleaved_priors=not shared_k, block_q=16, block_k=16,
+                                   platform='cpu')[0]
+
+  args = (q1, k1, q2, k2, v, c1, c2)
+  weights = np.asarray(jax.random.normal(jax.random.key(11), (B, t, N, 2 * H)))
+  out = jax.jit(kernel)(*args)
+  got = jax.jit(jax.grad(lambda *a: jnp.sum(kernel(*a) * weights), range(7)))(*args)
+  allowed = dense_mask(mask, t, t)
+  with jax.enable_x64(True):
+    ref = lambda *a: two_map_reference(*a, allowed, bias1, bias2)
+    a64 = [jnp.asarray(x, jnp.float64) for x in args]
+    np.testing.assert_allclose(np.asarray(out, np.float64), ref(*a64), atol=2e-5)
+    want = list(jax.grad(lambda *a: jnp.sum(ref(*a) * weights), range(7))(*a64))
+  if shared_k:   # one K for both maps: its gradient is the sum of the two
+    want[1], want[3] = want[1] + want[3], jnp.zeros_like(want[3])
+  for name, g, w in zip(['q1', 'k1', 'q2', 'k2', 'v', 'c1', 'c2'], got, want):
+    np.testing.assert_allclose(np.asarray(g, np.float64), w, atol=1e-4, rtol=1e-4,
+                               err_msg=f'd{name}')
+
+
+@pytest.mark.parametrize('kind,options', [
+    ('dagpam', {'trainable_lambdas': True, 'lambda_granularity': 'head',
+                'wq_neg_init': 'default'}),
+    ('diff', {})], ids=['dagpam', 'diff'])
+def test_dagpam_and_diff_cores_with_pallas_equal_xla(kind, options):
+  """The cores' pallas path (fused kernel, then DIFF's RMSNorm) against their xla path:
+  output and the gradients of every parameter (W_Q⁻, λs, DIFF's λ vectors and subln scale)."""
+  from flax import nnx
+  heads = 4
+  shape = (B, 21, heads, H) if kind == 'dagpam' else (B, 21, heads // 2, 2 * H)
+  q, k, v = (jax.random.normal(x, shape) for x in jax.random.split(jax.random.key(12), 3))
+  valid = jnp.asarray(np.arange(21)[None] < np.array([[21], [12]]))
+  mask = masks.causal() & masks.padding(None, valid)
+  weights = jax.random.normal(jax.random.key(13), shape)
+  results = []
+  for impl in ('pallas', 'xla'):
+    core = make_core(kind, num_heads=heads, head_dim=H, impl=impl, block_q=16, block_k=16,
+                     **options)
+    graphdef, params, rest = nnx.split(core, nnx.Param, ...)
+    loss = lambda p, q, k, v: jnp.sum(
+        nnx.merge(graphdef, p, rest)(q, k, v, mask, score_mod=biases.alibi(heads)) * weights)
+    results.append(jax.jit(jax.value_and_grad(loss, (0, 1, 2, 3)))(params, q, k, v))
+  (l_got, g_got), (l_want, g_want) = results
+  np.testing.assert_allclose(float(l_got), float(l_want), rtol=1e-5)
+  for g, w in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_want)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize('platform', ['cuda', 'tpu'], ids=['triton_cuda', 'mosaic_tpu'])
 def test_kernels_lower_for_gpu_and_tpu(platform):
   """Forward and backward build for Triton and Mosaic TPU (lowering only; no device here)."""
@@ -212,6 +304,24 @@ def test_kernels_lower_for_gpu_and_tpu(platform):
       (lambda seg: masks.local_window(64) | masks.global_tokens([0]), array_bias)]:
     f = jax.grad(functools.partial(loss, mask_fn=mask_fn, mod=mod), (0, 1, 2))
     text = jax.jit(f).trace(spec, spec, spec, ids).lower(
+        lowering_platforms=(platform,)).as_text()
+    assert ('tpu_custom_call' if platform == 'tpu' else 'triton') in text.lower()
+
+  # The fused two-map kernel: daGPAM (shared K) and DIFF (two pairs, values twice as wide).
+  wide = jax.ShapeDtypeStruct((2, t, 2, 128), jnp.bfloat16)
+  lam = jax.ShapeDtypeStruct((2,), jnp.float32)
+
+  def two_map_loss(q1, k1, q2, k2, v, c1, c2, seg):
+    out, _ = flash.two_map_attention(q1, k1, q2, k2, v, c1, c2,
+                                     masks.causal() & masks.segments(seg, seg),
+                                     biases.alibi(2 if k2 is None else 4),
+                                     interleaved_priors=k2 is not None, platform=platform)
+    return out.astype(jnp.float32).sum()
+
+  for k2, v in ((None, spec), (spec, wide)):
+    f = jax.grad(lambda q1, k1, q2, k2, v, c1, c2, seg: two_map_loss(
+        q1, k1, q2, k2, v, c1, c2, seg), (0, 1, 2, 4, 5, 6))
+    text = jax.jit(f).trace(spec, spec, spec, k2, v, lam, lam, ids).lower(
         lowering_platforms=(platform,)).as_text()
     assert ('tpu_custom_call' if platform == 'tpu' else 'triton') in text.lower()
 
@@ -244,16 +354,20 @@ def test_bad_kernel_options_name_the_supported_values():
 
 
 def test_auto_picks_per_backend():
-  from attention.softmax import choose_implementation
-  assert choose_implementation('cpu', jnp.bfloat16, dropout=0.0, score_mod=None) == 'xla'
-  assert choose_implementation('gpu', jnp.bfloat16, dropout=0.0, score_mod=None) == 'cudnn'
-  assert choose_implementation('gpu', jnp.float32, dropout=0.0, score_mod=None) == 'pallas'
-  assert choose_implementation('tpu', jnp.float32, dropout=0.1, score_mod=None) == 'xla'
-  core = make_core('softmax', num_heads=N, head_dim=H, impl='auto')
+  auto = kernel_backend.auto_implementation
+  assert auto('softmax', jnp.bfloat16, dropout=0.0, additive=True, cudnn=True,
+              platform='cpu') == 'xla'
+  assert auto('softmax', jnp.bfloat16, dropout=0.0, additive=True, cudnn=True,
+              platform='gpu') == 'cudnn'
+  assert auto('softmax', jnp.float32, dropout=0.0, additive=True, cudnn=True,
+              platform='gpu') == 'pallas'
+  assert auto('dagpam', jnp.bfloat16, dropout=0.0, additive=True, platform='gpu') == 'pallas'
+  assert auto('diff', jnp.float32, dropout=0.1, additive=True, platform='tpu') == 'xla'
+  assert auto('softmax', jnp.float32, dropout=0.0, additive=False, platform='tpu') == 'xla'
   q, k, v = qkv(9, 5, 5)
-  np.testing.assert_allclose(core(q, k, v), make_core('softmax', num_heads=N, head_dim=H)(q, k, v))
-  np.testing.assert_allclose(make_core('dagpam', num_heads=N, head_dim=H, impl='auto')(q, k, v),
-                             make_core('dagpam', num_heads=N, head_dim=H)(q, k, v))
+  for kind in ('softmax', 'dagpam', 'topk'):   # on CPU, auto is xla for every kind
+    np.testing.assert_allclose(make_core(kind, num_heads=N, head_dim=H, impl='auto')(q, k, v),
+                               make_core(kind, num_heads=N, head_dim=H)(q, k, v))
 
 
 def _train_losses(model, batches, loss_fn, steps=3):

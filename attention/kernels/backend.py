@@ -14,6 +14,7 @@ None = `jax.default_backend()`), and `Backend.check(...)` refuses what a backend
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -86,3 +87,30 @@ def resolve(platform: str | None = None) -> Backend:
     raise ValueError(f'Pallas kernels: unknown platform {platform!r}; known: '
                      f'{", ".join(sorted(_PLATFORMS) + ["tpu_interpret"])}')
   return Backend(_PLATFORMS[platform])
+
+
+_LOGGED_CHOICES: set = set()
+
+
+def auto_implementation(kind: str, dtype, *, dropout: float, additive: bool,
+                        cudnn: bool = False, platform: str | None = None) -> str:
+  """What `attention.impl=auto` runs for a kind with a Pallas kernel, logged once per choice.
+
+  CPU: xla (the kernels only interpret there). GPU: cudnn where the kind has it (softmax) and
+  the inputs are bfloat16/float16, else pallas; TPU: pallas. The kernels have no attention
+  dropout and only additive score mods, so either of those means xla.
+  """
+  platform = jax.default_backend() if platform is None else platform
+  dtype = jnp.dtype(dtype)
+  if platform not in ('gpu', 'tpu') or dropout or not additive:
+    choice = 'xla'
+  elif platform == 'gpu' and cudnn and dtype in (jnp.bfloat16, jnp.float16):
+    choice = 'cudnn'
+  else:
+    choice = 'pallas'
+  key = (kind, platform, dtype.name, choice)
+  if key not in _LOGGED_CHOICES:
+    _LOGGED_CHOICES.add(key)
+    logging.info('attention.impl=auto: attention.kind=%s runs impl=%s on %s (%s inputs)',
+                 kind, choice, platform, dtype.name)
+  return choice
