@@ -182,9 +182,9 @@ def test_full_tiles_skip_the_mask_and_lists_transpose():
   bwd = flash.BlockLists.from_summary(summary.T)
   # Keys i − 31 … i: a band two tiles wide below the diagonal, the middle one full.
   assert fwd.visited == bwd.visited == 1 + 2 + 3 + 3 == int((summary != masks.EMPTY).sum())
-  assert fwd.blocks[3].tolist() == [1, 2, 3, -1]     # padded to a power-of-two number of slots
-  assert fwd.full[3].tolist() == [0, 1, 0, 0]
-  assert bwd.blocks[0].tolist() == [0, 1, 2, -1] and bwd.full[0].tolist() == [0, 1, 0, 0]
+  assert fwd.blocks[0, 0, 3].tolist() == [1, 2, 3, -1]   # padded to a power-of-two count
+  assert fwd.full[0, 0, 3].tolist() == [0, 1, 0, 0]
+  assert bwd.blocks[0, 0, 0].tolist() == [0, 1, 2, -1] and bwd.full[0, 0, 0].tolist() == [0, 1, 0, 0]
 
 
 def test_tpu_program_under_the_tpu_interpreter_with_race_detection():

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -97,17 +97,18 @@ def _next_power_of_two(n: int) -> int:
 # ------------------------------------------------------------------------------------------
 # Block lists.
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class BlockLists:
-  """Which tiles a kernel visits, from a mask's block summary.
+class BlockLists(NamedTuple):
+  """Which tiles a kernel visits: `[Bl, Nl, rows, slots]` int32 arrays (Bl ∈ {1, B}, Nl ∈
+  {1, N}: lists shared by the batch and heads, or their own).
 
-  `blocks[r, t]` is the t-th visited block of row r (−1 pads the row to a power-of-two number
-  of slots, as Triton needs), and `full[r, t]` is 1 where that tile is FULL (no mask needed).
-  Forward and dQ rows are query blocks listing key blocks; the dK/dV rows are key blocks
-  listing query blocks (the transpose).
+  `blocks[.., r, t]` is the t-th visited block of row r (−1 pads a row to a power-of-two
+  number of slots, as Triton needs), and `full[.., r, t]` is 1 where that tile is FULL (no mask
+  needed). Forward and dQ rows are query blocks listing key blocks; the dK/dV rows are key
+  blocks listing query blocks (the transpose). Static masks give NumPy lists (`from_summary`);
+  data-dependent selections (top-k, SEA) give JAX lists (`from_tiles`).
   """
-  blocks: np.ndarray
-  full: np.ndarray
+  blocks: Any
+  full: Any
 
   @classmethod
   def from_summary(cls, summary: np.ndarray) -> 'BlockLists':
@@ -118,11 +119,21 @@ class BlockLists:
     for i, r in enumerate(rows):
       blocks[i, :len(r)] = r
       full[i, :len(r)] = summary[i, r] == masks_lib.FULL
-    return cls(blocks, full)
+    return cls(blocks[None, None], full[None, None])
+
+  @classmethod
+  def from_tiles(cls, visit) -> 'BlockLists':
+    """Lists from a boolean `[B, N, rows, cols]` array of the tiles to visit (none is FULL)."""
+    cols = visit.shape[-1]
+    slots = _next_power_of_two(cols)
+    order = jnp.argsort(~visit, axis=-1, stable=True).astype(jnp.int32)   # visited first
+    blocks = jnp.where(jnp.take_along_axis(visit, order, axis=-1), order, -1)
+    blocks = jnp.pad(blocks, [(0, 0)] * 3 + [(0, slots - cols)], constant_values=-1)
+    return cls(blocks, jnp.zeros_like(blocks))
 
   @property
   def visited(self) -> int:
-    return int((self.blocks >= 0).sum())
+    return int((np.asarray(self.blocks) >= 0).sum())
 
 
 def block_summary(mask: masks_lib.Mask | None, q_len: int, kv_len: int, block_q: int,
@@ -159,6 +170,9 @@ class _Plan:
   params_width: int            # parameters of one map (the row is padded to a power of two)
   coef_heads: int              # rows of the map coefficients (0 when M = 1)
   summary_has_full: bool
+  lists_batched: bool = False  # the block lists differ per example / per head (top-k, SEA)
+  lists_headed: bool = False
+  has_floor: bool = False      # a per-query score floor: keys scoring below it are dropped
 
   @property
   def ragged_k(self) -> bool:
@@ -344,26 +358,28 @@ def _col_side_reader(plan: _Plan, operand_refs):
 
 class _Slots:
   """One grid row's list of tiles. Triton and the interpreter get the row as a block; on TPU
-  the lists are scalar-prefetched into SMEM (as in splash attention) and indexed by row."""
+  the lists are scalar-prefetched into SMEM (as in splash attention) and indexed."""
 
   def __init__(self, plan: _Plan, refs):
     self.tpu = plan.backend.name == 'tpu'
     self.refs = refs
-    self.row = pl.program_id(2)
+    b, n = pl.program_id(0), pl.program_id(1)
+    self.index = ((b if plan.lists_batched else 0), (n if plan.lists_headed else 0),
+                  pl.program_id(2))
 
   @staticmethod
   def num_refs(plan: _Plan) -> int:
     return 3 if plan.backend.name == 'tpu' else 2
 
   def block(self, slot):
-    return self.refs[0][self.row, slot] if self.tpu else self.refs[0][slot]
+    return self.refs[0][(*self.index, slot)] if self.tpu else self.refs[0][slot]
 
   def full(self, slot):
-    return self.refs[1][self.row, slot] if self.tpu else self.refs[1][slot]
+    return self.refs[1][(*self.index, slot)] if self.tpu else self.refs[1][slot]
 
   def count(self):
     if self.tpu:
-      return self.refs[2][self.row]
+      return self.refs[2][self.index]
     return jnp.sum((self.refs[0][...] >= 0).astype(jnp.int32))
 
 
@@ -375,12 +391,14 @@ def _call(plan: _Plan, kernel, *, grid, lists: BlockLists, in_specs, out_specs, 
                 compiler_params=plan.backend.compiler_params(len(grid), args[0].shape[-1]))
   if plan.backend.name == 'tpu':
     from jax.experimental.pallas import tpu as pltpu
-    counts = jnp.asarray((lists.blocks >= 0).sum(axis=1), jnp.int32)
+    counts = jnp.sum(blocks >= 0, axis=-1).astype(jnp.int32)
     grid_spec = pltpu.PrefetchScalarGridSpec(num_scalar_prefetch=3, grid=grid,
                                              in_specs=in_specs, out_specs=out_specs)
     return pl.pallas_call(kernel, grid_spec=grid_spec, **common)(blocks, full, counts, *args)
-  slots = lists.blocks.shape[1]
-  row = _blockspec((None, slots), lambda b, n, i: (i, 0))
+  slots = blocks.shape[-1]
+  bi = (lambda b: b) if blocks.shape[0] > 1 else (lambda b: 0)
+  ni = (lambda n: n) if blocks.shape[1] > 1 else (lambda n: 0)
+  row = _blockspec((None, None, None, slots), lambda b, n, i: (bi(b), ni(n), i, 0))
   return pl.pallas_call(kernel, grid=grid, in_specs=[row, row] + list(in_specs),
                         out_specs=out_specs, **common)(blocks, full, *args)
 
@@ -700,7 +718,7 @@ def _backward(plan: _Plan, qs, ks, v, coef, bias, params, lists, operands, lses,
   return dqs, dks, dv, dcoef, dbias, dparams
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 7))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _attention(plan, qs, ks, v, coef, bias, params, lists, operands):
   out, lses, _ = _forward(plan, qs, ks, v, coef, bias, params, lists, operands, False)
   return out, lses
@@ -708,15 +726,15 @@ def _attention(plan, qs, ks, v, coef, bias, params, lists, operands):
 
 def _attention_fwd(plan, qs, ks, v, coef, bias, params, lists, operands):
   out, lses, branch_outs = _forward(plan, qs, ks, v, coef, bias, params, lists, operands, True)
-  return (out, lses), (qs, ks, v, coef, bias, params, operands, lses, branch_outs)
+  return (out, lses), (qs, ks, v, coef, bias, params, lists, operands, lses, branch_outs)
 
 
-def _attention_bwd(plan, lists, residuals, cotangents):
-  qs, ks, v, coef, bias, params, operands, lses, branch_outs = residuals
+def _attention_bwd(plan, residuals, cotangents):
+  qs, ks, v, coef, bias, params, lists, operands, lses, branch_outs = residuals
   do, _ = cotangents  # the log-sum-exps are outputs for analysis and tests, not trained through
   dqs, dks, dv, dcoef, dbias, dparams = _backward(plan, qs, ks, v, coef, bias, params, lists,
                                                   operands, lses, branch_outs, do)
-  return dqs, dks, dv, dcoef, dbias, dparams, [None] * len(operands)
+  return dqs, dks, dv, dcoef, dbias, dparams, None, [None] * len(operands)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
