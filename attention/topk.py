@@ -30,6 +30,12 @@ passed explicitly (`nnx.split`) and its gradient is the vector-Jacobian product 
 dS, accumulated over chunks. Masked keys are never attended: if fewer than k keys are allowed, the
 remaining slots get zero weight, and a query that sees no key outputs zeros (finite gradients).
 
+Implementations (`attention.impl`): `xla` (the chunked scan above) and `pallas`: the same
+selection, as a per-query score floor and the list of tiles holding kept keys
+(`topk_selection`), then the block-sparse flash kernel (attention/kernels/flash.py
+`selected_attention`) over those tiles only, forward and backward; any mask and additive score
+mod; ties at the k-th score keep every tied key. `auto`: pallas on GPU/TPU, xla on CPU.
+
 Options (`attention.topk`): `k` (default 64, as the repository's 12-layer benchmarks) and
 `query_chunk_size` (default 1024, the reference's `Q_chunk_size`). `attention.dropout > 0` is
 refused: the reference applies dropout to the kept weights but advises against it.
@@ -50,10 +56,12 @@ from flax import nnx
 
 from attention import masks as masks_lib
 from attention.biases import ScoreMod
+from attention.kernels import backend as kernel_backend
+from attention.kernels import flash
 from attention.masks import Mask
 from attention.registry import accumulation_dtype, check_implementation, register
 
-IMPLEMENTATIONS = ('xla',)
+IMPLEMENTATIONS = ('xla', 'pallas', 'auto')
 
 
 def split_mask(mask: Mask | None, *, kind: str = 'topk') -> tuple[Mask | None, Any, Any]:
@@ -108,6 +116,61 @@ def topk_attention_weights(q: jax.Array, k: jax.Array, mask: Mask | None = None,
   run, args = _prepare(q, k, v, mask, score_mod, top_k=top_k, query_chunk_size=query_chunk_size,
                        weights_only=True)
   return run(*jax.lax.stop_gradient(args))
+
+
+def topk_selection(q: jax.Array, k: jax.Array, mask: Mask | None, score_mod: ScoreMod | None,
+                   *, top_k: int, query_chunk_size: int):
+  """The selection of top-k attention for the block-sparse kernel (`impl=pallas`).
+
+  Returns `selection(block_q, block_k) -> (floor [B, N, T], visit [B, N, nq, nk])` for
+  `attention.kernels.flash.selected_attention`: each query's floor is the midpoint between its
+  k-th and (k+1)-th largest allowed score (−∞ when it has at most k allowed keys), so the
+  kernel keeps exactly the top k (ties at the k-th score, of probability zero with continuous
+  scores, keep every tied key, where `lax.top_k` keeps the lower indices); `visit` marks the
+  tiles holding at least one kept key. Scores are formed a chunk of queries at a time (a
+  `lax.scan`), so memory is O(chunk·S + T·nk); any mask works (it is evaluated on each chunk's
+  index grid).
+  """
+  batch, q_len, heads, _ = q.shape
+  kv_len = k.shape[1]
+  dtype = accumulation_dtype(q, k)
+  kept = min(top_k, kv_len)
+
+  def selection(block_q: int, block_k: int):
+    chunk = block_q * -(-min(query_chunk_size, q_len) // block_q)
+    chunks = -(-q_len // chunk)
+    q_p = jnp.pad(q, ((0, 0), (0, chunks * chunk - q_len), (0, 0), (0, 0)))
+    n_kb = -(-kv_len // block_k)
+
+    def step(_, start):
+      q_c = jax.lax.dynamic_slice_in_dim(q_p, start, chunk, axis=1)
+      s = jnp.einsum('bcnh,bsnh->bncs', q_c, k, preferred_element_type=dtype) * (
+          q.shape[-1] ** -0.5)
+      if score_mod is not None:
+        s = score_mod(s, q_offset=start)
+      if mask is not None:
+        q_idx = start + jnp.arange(chunk, dtype=jnp.int32)[:, None]
+        kv_idx = jnp.arange(kv_len, dtype=jnp.int32)[None, :]
+        m = jnp.asarray(mask.mask_fn(q_idx, kv_idx), bool)
+        s = jnp.where(m.reshape((1,) * (4 - m.ndim) + m.shape), s, -jnp.inf)
+      top, idx = jax.lax.top_k(s, min(kept + 1, kv_len))
+      if kept < kv_len:
+        floor = jnp.where(top[..., kept] > -jnp.inf, 0.5 * (top[..., kept - 1] + top[..., kept]),
+                          -jnp.inf)
+      else:
+        floor = jnp.full(top.shape[:-1], -jnp.inf, dtype)
+      hit = (top[..., :kept] > -jnp.inf)[..., None] & (
+          idx[..., :kept, None] // block_k == jnp.arange(n_kb))            # [B, N, C, k, nk]
+      visit = hit.any(axis=-2).reshape(batch, heads, chunk // block_q, block_q, n_kb).any(3)
+      return None, (floor, visit)
+
+    starts = jnp.arange(chunks, dtype=jnp.int32) * chunk
+    _, (floor, visit) = jax.lax.scan(step, None, starts)
+    floor = jnp.moveaxis(floor, 0, 2).reshape(batch, heads, chunks * chunk)[:, :, :q_len]
+    visit = jnp.moveaxis(visit, 0, 2).reshape(batch, heads, -1, n_kb)
+    return floor, visit[:, :, :-(-q_len // block_q)]
+
+  return selection
 
 
 def _prepare(q, k, v, mask, score_mod, *, top_k, query_chunk_size, weights_only=False):
@@ -305,7 +368,8 @@ class TopKAttention(nnx.Module):
   def __init__(self, *, num_heads: int, head_dim: int, config, rngs: nnx.Rngs,
                layer_index: int = 0, max_len: int = 0):
     del rngs, layer_index, max_len  # unused
-    check_implementation(config, 'topk', IMPLEMENTATIONS)
+    self.impl = check_implementation(config, 'topk', IMPLEMENTATIONS)
+    self.kernel_options = flash.kernel_options(config, head_dim, self.impl)
     if config.dropout > 0:
       raise ValueError(f'attention.dropout={config.dropout} is not supported with '
                        'attention.kind=topk (the reference advises against dropout on the kept '
@@ -321,7 +385,14 @@ class TopKAttention(nnx.Module):
                deterministic: bool = True, sow_weights: bool = False):
     del deterministic  # no dropout
     options = dict(top_k=self.k, query_chunk_size=self.query_chunk_size)
-    out = topk_attention(q, k, v, mask, score_mod, **options)
+    impl = self.impl if self.impl != 'auto' else kernel_backend.auto_implementation(
+        'topk', q.dtype, dropout=0.0, additive=score_mod is None or score_mod.additive)
+    if impl == 'pallas':
+      out, _ = flash.selected_attention(q, k, v, mask, score_mod,
+                                        topk_selection(q, k, mask, score_mod, **options),
+                                        **self.kernel_options)
+    else:
+      out = topk_attention(q, k, v, mask, score_mod, **options)
     if sow_weights:
       self.sow(nnx.Intermediate, 'attention_weights',
                topk_attention_weights(q, k, mask, score_mod, **options))

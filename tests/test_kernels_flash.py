@@ -286,6 +286,34 @@ def test_dagpam_and_diff_cores_with_pallas_equal_xla(kind, options):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-4, rtol=1e-4)
 
 
+def test_topk_core_with_pallas_equals_xla():
+  """Top-k through the block-sparse kernel (score floor + tiles of the kept keys) against the
+  chunked xla top-k: output and gradients, with causal + padding and an ALiBi prior; and the
+  kernel visits only the tiles that hold kept keys."""
+  from attention.topk import topk_selection
+  t = 45
+  q, k, v = qkv(14, t, t)
+  valid = jnp.asarray(np.arange(t)[None] < np.array([[t], [30]]))
+  mask = masks.causal() & masks.padding(None, valid)
+  weights = jax.random.normal(jax.random.key(15), q.shape)
+  results = []
+  for impl in ('pallas', 'xla'):
+    core = make_core('topk', num_heads=N, head_dim=H, impl=impl, block_q=16, block_k=16, k=5,
+                     query_chunk_size=16)
+    loss = lambda q, k, v: jnp.sum(core(q, k, v, mask, score_mod=biases.alibi(N)) * weights)
+    results.append(jax.jit(jax.value_and_grad(loss, (0, 1, 2)))(q, k, v))
+  (l_got, g_got), (l_want, g_want) = results
+  np.testing.assert_allclose(float(l_got), float(l_want), rtol=1e-5)
+  for g, w in zip(g_got, g_want):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=2e-5)
+  # A narrow Gaussian prior and k = 2 keep keys near the diagonal: far tiles are never
+  # visited although the causal mask allows them.
+  floor, visit = topk_selection(q, k, masks.causal(), biases.gaussian_window(2.0), top_k=2,
+                                query_chunk_size=16)(16, 16)
+  assert visit.shape == (B, N, 3, 3) and not bool(visit[:, :, 2, 0].any())
+  assert floor.shape == (B, N, t) and bool(jnp.isfinite(floor[:, :, 2:]).all())
+
+
 @pytest.mark.parametrize('platform', ['cuda', 'tpu'], ids=['triton_cuda', 'mosaic_tpu'])
 def test_kernels_lower_for_gpu_and_tpu(platform):
   """Forward and backward build for Triton and Mosaic TPU (lowering only; no device here)."""
@@ -317,6 +345,20 @@ def test_kernels_lower_for_gpu_and_tpu(platform):
                                      biases.alibi(2 if k2 is None else 4),
                                      interleaved_priors=k2 is not None, platform=platform)
     return out.astype(jnp.float32).sum()
+
+  # Top-k: data-dependent lists (per example and head) and a per-query score floor.
+  from attention.topk import topk_selection
+
+  def topk_loss(q, k, v):
+    mask = masks.causal()
+    out, _ = flash.selected_attention(q, k, v, mask, None,
+                                      topk_selection(q, k, mask, None, top_k=8,
+                                                     query_chunk_size=128), platform=platform)
+    return out.astype(jnp.float32).sum()
+
+  text = jax.jit(jax.grad(topk_loss, (0, 1, 2))).trace(spec, spec, spec).lower(
+      lowering_platforms=(platform,)).as_text()
+  assert ('tpu_custom_call' if platform == 'tpu' else 'triton') in text.lower()
 
   for k2, v in ((None, spec), (spec, wide)):
     f = jax.grad(lambda q1, k1, q2, k2, v, c1, c2, seg: two_map_loss(

@@ -249,9 +249,10 @@ def _place(values: tuple, offset: int, width: int, dtype):
 class _Tile:
   """Scores of one (query block, key block) tile, with the bias and the mask applied."""
 
-  def __init__(self, plan: _Plan, acc, *, bias_tile, params, operand_read):
+  def __init__(self, plan: _Plan, acc, *, bias_tile, params, operand_read, floor_rows=None):
     self.plan, self.acc = plan, acc
     self.bias_tile, self.params, self.operand_read = bias_tile, params, operand_read
+    self.floor_rows = floor_rows
 
   def positions(self, qs, ks):
     qpos = qs + jnp.arange(self.plan.block_q, dtype=jnp.int32)[:, None]
@@ -268,6 +269,9 @@ class _Tile:
     if plan.position_mod is not None:
       s = s + self.position(*self.positions(qs, ks), self.map_params(self.params, m)
                             ).astype(self.acc)
+    if self.floor_rows is not None:
+      keep_top = s >= self.floor_rows(qs).astype(self.acc)[:, None]
+      keep = keep_top if keep is None else keep & keep_top
     if keep is not None:
       s = jnp.where(keep, s, -jnp.inf)
     return s
@@ -318,6 +322,7 @@ class _Refs:
     self.coef = refs.pop(0) if plan.coef_heads else None
     self.bias = refs.pop(0) if plan.bias_dims is not None else None
     self.params = refs.pop(0) if plan.position_mod is not None else None
+    self.floor = refs.pop(0) if plan.has_floor else None
     self.operands = [refs.pop(0) for _ in plan.operand_kinds]
     for name in outputs:
       setattr(self, name, refs.pop(0))
@@ -403,7 +408,7 @@ def _call(plan: _Plan, kernel, *, grid, lists: BlockLists, in_specs, out_specs, 
                         out_specs=out_specs, **common)(blocks, full, *args)
 
 
-def _prior_inputs(plan: _Plan, coef, bias, params, operands, side):
+def _prior_inputs(plan: _Plan, coef, bias, params, floor, operands, side):
   """Specs and arrays of the optional inputs, in `_Refs` order."""
   specs, args = [], []
   if plan.coef_heads:
@@ -415,6 +420,11 @@ def _prior_inputs(plan: _Plan, coef, bias, params, operands, side):
   if plan.position_mod is not None:
     specs.append(_row_spec(plan.params_heads, params.shape[-1]))
     args.append(params)
+  if plan.has_floor:
+    specs.append(_blockspec((None, None, None, plan.block_q), lambda b, n, i, *_: (b, n, 0, i))
+                 if side == 'q' else
+                 _blockspec((None, None, None, plan.q_pad), lambda b, n, j, *_: (b, n, 0, 0)))
+    args.append(floor)
   specs += _operand_specs(plan, side)
   args += list(operands)
   return specs, args
@@ -476,7 +486,8 @@ def _forward_kernel(*refs, plan: _Plan, acc, residuals: bool):
   bias_tile = None if r.bias is None else (lambda qs_, ks: r.bias[:, pl.ds(ks, bk)])
   params = None if r.params is None else r.params[...].astype(acc)
   tile = _Tile(plan, acc, bias_tile=bias_tile, params=params,
-               operand_read=_row_side_reader(plan, r.operands))
+               operand_read=_row_side_reader(plan, r.operands),
+               floor_rows=None if r.floor is None else (lambda qs_: r.floor[...]))
   qs_m = [getattr(r, f'q{m}')[...] for m in range(M)]
 
   def body(slot, carry):
@@ -516,14 +527,15 @@ def _forward_kernel(*refs, plan: _Plan, acc, residuals: bool):
   r.out[...] = out.astype(r.out.dtype)
 
 
-def _forward(plan: _Plan, qs, ks, v, coef, bias, params, lists, operands, residuals: bool):
+def _forward(plan: _Plan, qs, ks, v, coef, bias, params, floor, lists, operands,
+             residuals: bool):
   """Pallas forward: out `[B, N, Tp, Hv]`, lse_m `[B, N, 1, Tp]` and, with `residuals` and
   several maps, each map's normalised output o_m `[B, N, Tp, Hv]` (float32)."""
   B, N, Tp, H = qs[0].shape
   Hv = v.shape[-1]
   M = plan.num_maps
   acc = accumulation_dtype(qs[0], ks[0], v)
-  specs, args = _prior_inputs(plan, coef, bias, params, operands, 'q')
+  specs, args = _prior_inputs(plan, coef, bias, params, floor, operands, 'q')
   in_specs = _qkv_specs(plan, H, Hv, 'q', False) + specs
   lse_dtype = jnp.promote_types(acc, jnp.float32)
   out_specs = [_blockspec((None, None, plan.block_q, Hv), lambda b, n, i, *_: (b, n, i, 0))]
@@ -562,7 +574,8 @@ def _dq_kernel(*refs, plan: _Plan, acc):
   bias_tile = None if r.bias is None else (lambda qs_, ks: r.bias[:, pl.ds(ks, bk)])
   params = None if r.params is None else r.params[...].astype(acc)
   tile = _Tile(plan, acc, bias_tile=bias_tile, params=params,
-               operand_read=_row_side_reader(plan, r.operands))
+               operand_read=_row_side_reader(plan, r.operands),
+               floor_rows=None if r.floor is None else (lambda qs_: r.floor[...]))
   q_m = [getattr(r, f'q{m}')[...] for m in range(M)]
   do = r.do[...]
   lse_m = [_backward_lse(getattr(r, f'lse{m}')[...].astype(acc)) for m in range(M)]
@@ -617,7 +630,8 @@ def _dkdv_kernel(*refs, plan: _Plan, acc):
   bias_tile = None if r.bias is None else (lambda qs, ks_: r.bias[pl.ds(qs, bq), :])
   params = None if r.params is None else r.params[...].astype(acc)
   tile = _Tile(plan, acc, bias_tile=bias_tile, params=params,
-               operand_read=_col_side_reader(plan, r.operands))
+               operand_read=_col_side_reader(plan, r.operands),
+               floor_rows=None if r.floor is None else (lambda qs_: r.floor[pl.ds(qs_, bq)]))
   k_tiles = [_k_ref(plan, r, m)[...] for m in range(plan.num_k)]
   v = r.v[...]
   coefs = _coefficients(plan, r, acc)
@@ -654,8 +668,8 @@ def _dkdv_kernel(*refs, plan: _Plan, acc):
   r.dv[...] = dv.astype(r.dv.dtype)
 
 
-def _backward(plan: _Plan, qs, ks, v, coef, bias, params, lists, operands, lses, branch_outs,
-              do):
+def _backward(plan: _Plan, qs, ks, v, coef, bias, params, floor, lists, operands, lses,
+              branch_outs, do):
   B, N, Tp, H = qs[0].shape
   Sp, Hv = v.shape[2], v.shape[-1]
   M = plan.num_maps
@@ -668,7 +682,7 @@ def _backward(plan: _Plan, qs, ks, v, coef, bias, params, lists, operands, lses,
   deltas = [(c_bn(m) * dot_do[m])[:, :, None, :] for m in range(M)]
 
   # dQ_m (and dS, d params): one program per query block.
-  specs, args = _prior_inputs(plan, coef, bias, params, operands, 'q')
+  specs, args = _prior_inputs(plan, coef, bias, params, floor, operands, 'q')
   out_specs = [_blockspec((None, None, plan.block_q, H), lambda b, n, i, *_: (b, n, i, 0))] * M
   out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype) for q in qs]
   if plan.bias_dims is not None:
@@ -687,7 +701,7 @@ def _backward(plan: _Plan, qs, ks, v, coef, bias, params, lists, operands, lses,
   dqs = list(dq_out[:M])
 
   # dK_m, dV: one program per key block, over the transposed lists.
-  specs, args = _prior_inputs(plan, coef, bias, params, operands, 'k')
+  specs, args = _prior_inputs(plan, coef, bias, params, floor, operands, 'k')
   kspec = _blockspec((None, None, plan.block_k, H), lambda b, n, j, *_: (b, n, j, 0))
   vspec = _blockspec((None, None, plan.block_k, Hv), lambda b, n, j, *_: (b, n, j, 0))
   dkv = _call(plan, functools.partial(_dkdv_kernel, plan=plan, acc=acc),
@@ -719,22 +733,24 @@ def _backward(plan: _Plan, qs, ks, v, coef, bias, params, lists, operands, lses,
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attention(plan, qs, ks, v, coef, bias, params, lists, operands):
-  out, lses, _ = _forward(plan, qs, ks, v, coef, bias, params, lists, operands, False)
+def _attention(plan, qs, ks, v, coef, bias, params, floor, lists, operands):
+  out, lses, _ = _forward(plan, qs, ks, v, coef, bias, params, floor, lists, operands, False)
   return out, lses
 
 
-def _attention_fwd(plan, qs, ks, v, coef, bias, params, lists, operands):
-  out, lses, branch_outs = _forward(plan, qs, ks, v, coef, bias, params, lists, operands, True)
-  return (out, lses), (qs, ks, v, coef, bias, params, lists, operands, lses, branch_outs)
+def _attention_fwd(plan, qs, ks, v, coef, bias, params, floor, lists, operands):
+  out, lses, branch_outs = _forward(plan, qs, ks, v, coef, bias, params, floor, lists, operands,
+                                    True)
+  return (out, lses), (qs, ks, v, coef, bias, params, floor, lists, operands, lses, branch_outs)
 
 
 def _attention_bwd(plan, residuals, cotangents):
-  qs, ks, v, coef, bias, params, lists, operands, lses, branch_outs = residuals
+  qs, ks, v, coef, bias, params, floor, lists, operands, lses, branch_outs = residuals
   do, _ = cotangents  # the log-sum-exps are outputs for analysis and tests, not trained through
-  dqs, dks, dv, dcoef, dbias, dparams = _backward(plan, qs, ks, v, coef, bias, params, lists,
-                                                  operands, lses, branch_outs, do)
-  return dqs, dks, dv, dcoef, dbias, dparams, None, [None] * len(operands)
+  dqs, dks, dv, dcoef, dbias, dparams = _backward(plan, qs, ks, v, coef, bias, params, floor,
+                                                  lists, operands, lses, branch_outs, do)
+  # The floor (a selection) and the lists carry no gradient, as top-k's selection.
+  return dqs, dks, dv, dcoef, dbias, dparams, None, None, [None] * len(operands)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
@@ -750,8 +766,12 @@ def _pad_axis(x, axis: int, length: int):
 
 
 def _run(qs, ks, v, coef, mask, score_mod, *, block_q, block_k, platform, prior_heads: int,
-         what: str):
-  """Shared driver: checks, priors, block lists, layout; returns (out BTNH, [lse_m BNT])."""
+         what: str, selection=None):
+  """Shared driver: checks, priors, block lists, layout; returns (out BTNH, [lse_m BNT]).
+
+  `selection(block_q, block_k) -> (floor [B, N, T] | None, visit [B, N, nq, nk] bool)` makes
+  the lists data-dependent (top-k, SEA): only the tiles in `visit` (and not empty under the
+  mask) are computed, and keys scoring below their query's floor are dropped."""
   backend = resolve(platform)
   B, T, N, H = qs[0].shape
   S, Hv = v.shape[1], v.shape[-1]
@@ -797,7 +817,15 @@ def _run(qs, ks, v, coef, mask, score_mod, *, block_q, block_k, platform, prior_
       bias = _pad_axis(_pad_axis(bias, 2, q_pad), 3, kv_pad)
 
   summary = block_summary(mask, T, S, block_q, block_k)
-  lists = (BlockLists.from_summary(summary), BlockLists.from_summary(summary.T))
+  floor = None
+  if selection is None:
+    lists = (BlockLists.from_summary(summary), BlockLists.from_summary(summary.T))
+  else:
+    floor, visit = selection(block_q, block_k)
+    visit = jax.lax.stop_gradient(visit) & jnp.asarray(summary != masks_lib.EMPTY)
+    lists = (BlockLists.from_tiles(visit), BlockLists.from_tiles(jnp.swapaxes(visit, 2, 3)))
+    if floor is not None:
+      floor = _pad_axis(jax.lax.stop_gradient(floor).astype(jnp.float32), 2, q_pad)[:, :, None]
   program, operands = tile_mask.compile_mask(mask, q_pad, kv_pad)
   operand_heads = tuple(o.value.shape[0] if o.kind == 'array' else 1 for o in operands)
   if prior_heads > 1 and any(h > 1 for h in operand_heads):
@@ -812,10 +840,12 @@ def _run(qs, ks, v, coef, mask, score_mod, *, block_q, block_k, platform, prior_
                params_per_map=params is not None and prior_heads > 1 and params.shape[0] > 1,
                params_width=0 if params is None else params_width,
                coef_heads=0 if coef is None else coef.shape[0],
-               summary_has_full=bool((summary == masks_lib.FULL).any()))
+               summary_has_full=selection is None and bool((summary == masks_lib.FULL).any()),
+               lists_batched=lists[0].blocks.shape[0] > 1,
+               lists_headed=lists[0].blocks.shape[1] > 1, has_floor=floor is not None)
   to_bnth = lambda x, length: _pad_axis(jnp.transpose(x, (0, 2, 1, 3)), 2, length)
   out, lses = _attention(plan, [to_bnth(q, q_pad) for q in qs], [to_bnth(k, kv_pad) for k in ks],
-                         to_bnth(v, kv_pad), coef, bias, params, lists,
+                         to_bnth(v, kv_pad), coef, bias, params, floor, lists,
                          [o.value for o in operands])
   out = jnp.transpose(out[:, :, :T], (0, 2, 1, 3))
   return out, [jax.lax.stop_gradient(lse[:, :, 0, :T]) for lse in lses]
@@ -861,3 +891,22 @@ def two_map_attention(q1, k1, q2, k2, v, c1, c2, mask: masks_lib.Mask | None = N
                    platform=platform, prior_heads=2 if interleaved_priors else 1,
                    what='two_map_attention')
   return out, tuple(lses)
+
+
+def selected_attention(q, k, v, mask: masks_lib.Mask | None, score_mod: ScoreMod | None,
+                       selection, *, block_q: int | None = None, block_k: int | None = None,
+                       platform: str | None = None):
+  """Softmax over a data-dependent subset of keys, block-sparse: `(out, lse)`.
+
+  `selection(block_q, block_k)` returns `(floor, visit)`: the per-query score floor
+  `[B, N, T]` (keys whose score, after the score mod, is below it are dropped; None: no floor)
+  and the tiles to compute `[B, N, ceil(T/block_q), ceil(S/block_k)]` (bool). Tiles outside
+  `visit` are never loaded, so a selection that keeps O(k) keys per query costs O(T·k) instead
+  of O(T·S), and nothing T×S is stored. Top-k attention passes the midpoint between each
+  query's k-th and (k+1)-th score as the floor (attention/topk.py). The selection carries no
+  gradient.
+  """
+  out, lses = _run([q], [k], v, None, mask, score_mod, block_q=block_q, block_k=block_k,
+                   platform=platform, prior_heads=1, what='selected_attention',
+                   selection=selection)
+  return out, lses[0]
