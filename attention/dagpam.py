@@ -73,7 +73,6 @@ from attention.biases import ScoreMod
 from attention.masks import Mask
 from attention.kernels import backend as kernel_backend
 from attention.kernels import flash
-from attention.kernels.flash import kernel_options
 from attention.registry import (accumulation_dtype, check_choice, check_implementation,
                                 register)
 from attention.softmax import attention_weights, scores_probe
@@ -128,7 +127,7 @@ class DaGPAMAttention(nnx.Module):
                layer_index: int = 0, max_len: int = 0):
     del layer_index, max_len  # unused
     self.impl = check_implementation(config, 'dagpam', IMPLEMENTATIONS)
-    self.kernel_options = kernel_options(config, head_dim, self.impl)
+    self.kernel_options = flash.kernel_options(config, head_dim, self.impl)
     c = config.dagpam
     for option, choices in (('combination', COMBINATIONS), ('wq_neg_init', WQ_NEG_INITS),
                             ('lambda_granularity', LAMBDA_GRANULARITIES),
@@ -225,7 +224,7 @@ class DaGPAMAttention(nnx.Module):
       lam_pos, lam_neg = self.lambdas(accumulation_dtype(q, k, v))
       c_pos = 1.0 + lam_pos if self.combination == 'affine' else lam_pos
       out, _ = flash.two_map_attention(q, k, self.negative_queries(q), None, v, c_pos, lam_neg,
-                                       mask, score_mod, **self.kernel_options)
+                                       mask, score_mod, **dict(self.kernel_options))
       return out
     p, p_pos, p_neg = self.weights(q, k, mask, score_mod, probe=sow_weights)
     if sow_weights:

@@ -170,7 +170,7 @@ class DiffAttention(nnx.Module):
       out, _ = flash.two_map_attention(
           q[..., :d], k[..., :d], q[..., d:], k[..., d:], v, 1.0,
           self.lambda_full(accumulation_dtype(q, k, v)), mask, score_mod,
-          interleaved_priors=True, **self.kernel_options)
+          interleaved_priors=True, **dict(self.kernel_options))
       out = out.astype(accumulation_dtype(q, k, v))                         # [B, T, N/2, 2d]
     else:
       p = self.weights(q, k, mask, score_mod, probe=sow_weights)

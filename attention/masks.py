@@ -370,6 +370,58 @@ class _ArrayMask(Mask):
     return f'from_array(<bool array of shape {self.array.shape}>)'
 
 
+COMPRESSED_LOOKUP_EPS = 1e-4   # keeps exact cell boundaries in the lower cell (SEA's code)
+
+
+def compressed_columns(positions, lengths, width: int):
+  """c(i, j) = ⌊(pos_j + 0.5)/L_i·K − 1e−4⌋ clipped to [0, K − 1], int32.
+
+  The column of a `[.., K]`-wide compressed row that key j falls in for query i, when query i's
+  L_i keys are spread evenly over the K columns by their rank pos_j among them (SEA, Lee et al.
+  2024, arXiv:2310.01777, step 8). `positions` and `lengths` broadcast against each other
+  (`[.., 1, S]` and `[.., R, 1]`); rows with L_i = 0 give column 0.
+  """
+  xp = _xp(positions, lengths)
+  l = xp.maximum(lengths, 1).astype(xp.float32)
+  c = xp.floor((positions + 0.5) / l * width - COMPRESSED_LOOKUP_EPS)
+  return xp.clip(c, 0, width - 1).astype(xp.int32)
+
+
+class _CompressedRows(Mask):
+  """Attend where table[b, n, i, c(i, j)] (see `compressed_rows`)."""
+
+  def __init__(self, table, lengths, positions):
+    self.table, self.lengths, self.positions = table, lengths, positions
+
+  @property
+  def is_static(self) -> bool:
+    return False
+
+  def mask_fn(self, q_idx, kv_idx):
+    table = jnp.asarray(self.table)
+    rows, cols = table.shape[2], self.positions.shape[1]
+    lengths = jnp.asarray(self.lengths)[:, jnp.clip(q_idx[:, 0], 0, rows - 1)]      # [B, T]
+    positions = jnp.asarray(self.positions)[:, jnp.clip(kv_idx[0], 0, cols - 1)]    # [B, S]
+    c = compressed_columns(positions[:, None, :], lengths[:, :, None], table.shape[-1])
+    t_rows = table[:, :, jnp.clip(q_idx[:, 0], 0, rows - 1)]                         # [B,N,T,K]
+    idx = jnp.broadcast_to(c[:, None], t_rows.shape[:3] + (c.shape[-1],))
+    return jnp.take_along_axis(t_rows, idx, axis=-1) != 0
+
+  def __repr__(self):
+    return 'compressed_rows(<table, lengths, positions>)'
+
+
+def compressed_rows(table, lengths, positions) -> Mask:
+  """A mask stored compressed per query row: attend to key j iff `table[b, n, i, c(i, j)]`.
+
+  `table: [B, N, T, K]` (bool or 0/1), `lengths: [B, T]` (L_i, the keys query i sees),
+  `positions: [B, S]` (pos_j, key j's rank among them); c(i, j) from `compressed_columns`. This
+  is SEA's sparse mask M̂ read at full resolution (step 8); no [T, S] array is stored, and
+  kernels evaluate it tile by tile. AND it with the causal/padding mask that defines L and pos.
+  """
+  return _CompressedRows(table, lengths, positions)
+
+
 def _check_int(name: str, value: Any, minimum: int) -> int:
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
     raise ValueError(f'{name} must be an int ≥ {minimum}, got {value!r}')

@@ -97,9 +97,12 @@ from attention import masks as masks_lib
 from attention import performer
 from attention.biases import ScoreMod
 from attention.masks import Mask
+from attention.kernels import backend as kernel_backend
+from attention.kernels import flash
 from attention.registry import (accumulation_dtype, check_choice, check_implementation,
                                 register)
 
+IMPLEMENTATIONS = ('xla', 'pallas', 'auto')
 VARIANTS = ('causal', 'bidirectional')
 K_FLATTEN_DIMS = ('query', 'head', 'batch', 'causal_batch')
 OUTPUTS = ('mix', 'norm')
@@ -107,7 +110,6 @@ V_EYES = ('bilinear', 'nearest')
 PERFORMER_KERNELS = ('auto', 'softmax', 'relu')
 INFERENCE_PATHS = ('dense', 'chunked')
 LAYER_NORM_EPS = 1e-5   # torch.nn.LayerNorm's default, as the official modules
-_LOOKUP_EPS = 1e-4      # the −1e−4 of c(i, j) keeps exact cell boundaries in the lower cell
 _NEG = float(np.finfo(np.float32).min) / 2
 
 
@@ -155,11 +157,39 @@ def interpolation_columns(positions: jax.Array, lengths: jax.Array,
   """c(i, j) = ⌊(pos_j + 0.5)/L_i·K − 1e−4⌋ in [0, K − 1] (step 8), int32 `[B, R, S]`.
 
   `positions: [B, 1|R, S]` float, `lengths: [B, R]` int (rows that see no key give column 0,
-  masked by the caller). The order of operations is the official `resize_m_to_t`'s.
+  masked by the caller). The order of operations is the official `resize_m_to_t`'s
+  (`attention.masks.compressed_columns`, shared with the kernels).
   """
-  l = jnp.maximum(lengths, 1).astype(jnp.float32)[..., None]
-  c = jnp.floor((positions + 0.5) / l * predictor_length - _LOOKUP_EPS)
-  return jnp.clip(c, 0, predictor_length - 1).astype(jnp.int32)
+  return masks_lib.compressed_columns(positions, lengths[..., None], predictor_length)
+
+
+def compressed_visit(keep: jax.Array, layout: KeyLayout, block_q: int, block_k: int
+                     ) -> jax.Array:
+  """Tiles `[B, N, nq, nk]` that may hold a key of M̂ (step 8), for the block-sparse kernel.
+
+  Conservative and cheap (O(B·N·nq·(K + nk))): a key block spans the columns from c(pos_min,
+  L_max) to c(pos_max, L_min) over the query block's rows (c grows with pos and falls with L),
+  and the tile is visited if any row of the query block keeps any column in that span.
+  """
+  b, n, t, width = keep.shape
+  s = layout.positions.shape[1]
+  nq, nk = -(-t // block_q), -(-s // block_k)
+  pad_rows = nq * block_q - t
+  union = jnp.pad(keep, ((0, 0), (0, 0), (0, pad_rows), (0, 0))).reshape(
+      b, n, nq, block_q, width).any(axis=3)                               # [B, N, nq, K]
+  lengths = jnp.pad(layout.lengths, ((0, 0), (0, pad_rows))).reshape(b, nq, block_q)
+  seen = lengths > 0
+  l_max = jnp.max(lengths, axis=-1)
+  l_min = jnp.min(jnp.where(seen, lengths, jnp.iinfo(jnp.int32).max), axis=-1)
+  l_min = jnp.where(seen.any(-1), l_min, 1)
+  pos = jnp.pad(layout.positions, ((0, 0), (0, nk * block_k - s)), mode='edge').reshape(
+      b, nk, block_k)
+  c_lo = masks_lib.compressed_columns(pos.min(-1)[:, None, :], l_max[:, :, None], width)
+  c_hi = masks_lib.compressed_columns(pos.max(-1)[:, None, :], l_min[:, :, None], width)
+  cum = jnp.cumsum(union.astype(jnp.int32), axis=-1)                      # [B, N, nq, K]
+  upto = lambda c: jnp.take_along_axis(cum, jnp.broadcast_to(c[:, None], (b, n, nq, nk)), -1)
+  before = jnp.where(c_lo[:, None] > 0, upto(jnp.maximum(c_lo - 1, 0)), 0)
+  return (upto(c_hi) - before > 0) & seen.any(-1)[:, None, :, None]
 
 
 def lookup(compressed: jax.Array, columns: jax.Array) -> jax.Array:
@@ -383,7 +413,8 @@ class SeaAttention(nnx.Module):
   def __init__(self, *, num_heads: int, head_dim: int, config, rngs: nnx.Rngs,
                layer_index: int = 0, max_len: int = 512):
     del layer_index  # unused
-    check_implementation(config, 'sea')
+    self.impl = check_implementation(config, 'sea', IMPLEMENTATIONS)
+    self.kernel_options = flash.kernel_options(config, head_dim, self.impl)
     c = config.sea
     _check_choice('variant', c.variant, VARIANTS)
     causal = c.variant == 'causal'
@@ -425,6 +456,10 @@ class SeaAttention(nnx.Module):
     self.c_s, self.c_h = c_s, c_h
     self.k_flatten_dim, self.v_eye, self.output = c.k_flatten_dim, c.v_eye, c.output
     self.jitter = float(c.jitter)
+    if self.impl == 'pallas' and self.jitter > 0:
+      raise ValueError(f'attention.sea.jitter={c.jitter} is not supported with '
+                       'attention.impl=pallas (the jittered lookup differs per query and key); '
+                       'set attention.sea.jitter=0 or use attention.impl=xla')
     self.inference, self.query_chunk_size = c.inference, int(c.query_chunk_size)
     self.max_len = int(max_len)
     kernel = c.performer_kernel
@@ -566,7 +601,11 @@ class SeaAttention(nnx.Module):
     # losses (and from the scales).
     keep, _ = grouped_top_k(jax.lax.stop_gradient(est.probs), layout.row_valid, layout.lengths,
                             k=self.k, mode=self.k_flatten_dim)
-    if self.inference == 'chunked' and deterministic and not sow_weights:
+    impl = self.impl if self.impl != 'auto' else kernel_backend.auto_implementation(
+        'sea', q.dtype, dropout=self.dropout.rate if self.jitter == 0 else 1.0, additive=True)
+    if impl == 'pallas' and not sow_weights:
+      context = self._sparse_kernel(q, k, v, mask, keep, est.s_prob, layout)
+    elif self.inference == 'chunked' and deterministic and not sow_weights:
       context = self._sparse_chunked(q, k, v, keep, est.s_prob, layout)
     else:
       context = self._sparse_dense(q, k, v, keep, est, layout, deterministic=deterministic,
@@ -620,6 +659,16 @@ class SeaAttention(nnx.Module):
     p = self.dropout(p, deterministic=deterministic)
     return jnp.einsum('bnts,bsnh->btnh', p, v.astype(p.dtype),
                       precision=jax.lax.Precision.HIGHEST)
+
+  def _sparse_kernel(self, q, k, v, mask, keep, s_prob, layout: KeyLayout) -> jax.Array:
+    """Steps 8–9 by the block-sparse kernel: M̂ is read tile by tile (`compressed_rows`) and
+    only the tiles that may hold a kept key are computed; memory O(T·K), backward included."""
+    sparse = masks_lib.compressed_rows(keep, layout.lengths, layout.positions)
+    sparse = sparse if mask is None else mask & sparse
+    selection = lambda block_q, block_k: (
+        None, compressed_visit(keep, layout, block_q, block_k))
+    out, _ = flash.selected_attention(q, k, v, sparse, None, selection, **dict(self.kernel_options))
+    return out.astype(accumulation_dtype(q, k, v)) * s_prob[..., None]
 
   def _sparse_chunked(self, q, k, v, keep, s_prob, layout: KeyLayout) -> jax.Array:
     """Steps 8–9 one chunk of C queries at a time: memory O(T·K + C·S), never T×S."""

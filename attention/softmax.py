@@ -130,7 +130,7 @@ class SoftmaxAttention(nnx.Module):
       if impl == 'cudnn':
         out = self._cudnn(q, k, v, mask, score_mod)
       else:
-        out, _ = flash.flash_attention(q, k, v, mask, score_mod, **self.kernel_options)
+        out, _ = flash.flash_attention(q, k, v, mask, score_mod, **dict(self.kernel_options))
       if sow_weights:
         # The kernels do not return their weights; recompute them (analysis only).
         self.sow(nnx.Intermediate, 'attention_weights', attention_weights(q, k, mask, score_mod))

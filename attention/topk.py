@@ -390,7 +390,7 @@ class TopKAttention(nnx.Module):
     if impl == 'pallas':
       out, _ = flash.selected_attention(q, k, v, mask, score_mod,
                                         topk_selection(q, k, mask, score_mod, **options),
-                                        **self.kernel_options)
+                                        **dict(self.kernel_options))
     else:
       out = topk_attention(q, k, v, mask, score_mod, **options)
     if sow_weights:

@@ -314,6 +314,54 @@ def test_topk_core_with_pallas_equals_xla():
   assert floor.shape == (B, N, t) and bool(jnp.isfinite(floor[:, :, 2:]).all())
 
 
+@pytest.mark.parametrize('variant', ['causal', 'bidirectional'])
+def test_sea_core_with_pallas_equals_xla(variant):
+  """SEA's sparse branch through the kernel (M̂ read tile by tile, only tiles that may hold a
+  kept key visited) against its dense xla path: output and every parameter's gradient."""
+  from flax import nnx
+  t = 45
+  q, k, v = qkv(16, t, t)
+  valid = jnp.asarray(np.arange(t)[None] < np.array([[t], [30]]))
+  mask = (masks.causal() & masks.padding(None, valid) if variant == 'causal'
+          else masks.padding(valid, valid))
+  weights = jax.random.normal(jax.random.key(17), q.shape)
+  results = []
+  for impl in ('pallas', 'xla'):
+    core = make_core('sea', num_heads=N, head_dim=H, impl=impl, block_q=16, block_k=16,
+                     predictor_length=8, k=4, distill=False, variant=variant, max_len=64)
+    graphdef, params, rest = nnx.split(core, nnx.Param, ...)
+    loss = lambda p, q, k, v: jnp.sum(nnx.merge(graphdef, p, rest)(q, k, v, mask) * weights)
+    results.append(jax.jit(jax.value_and_grad(loss, (0, 1, 2, 3)))(params, q, k, v))
+  (l_got, g_got), (l_want, g_want) = results
+  np.testing.assert_allclose(float(l_got), float(l_want), rtol=1e-5)
+  for g, w in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_want)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-5)
+
+
+def test_sea_visited_tiles_cover_the_estimated_mask_and_skip_the_rest():
+  from attention import sea
+  t, width, block = 128, 8, 16
+  rng = np.random.default_rng(0)
+  # Each query keeps its last quarter of keys (the two last columns), plus random others in
+  # the first query rows.
+  keep = np.zeros((1, 2, t, width), bool)
+  keep[..., -2:] = True
+  keep[:, :, :16] |= rng.random((1, 2, 16, width)) < 0.3
+  keep = jnp.asarray(keep)
+  valid = jnp.asarray(np.arange(t)[None] < 120)
+  layout = sea.key_layout(masks.causal_padding_parts(masks.causal() & masks.padding(None, valid),
+                                                     kind='sea'), 1, t)
+  dense = np.asarray(masks.compressed_rows(keep, layout.lengths, layout.positions).dense(t, t)
+                     & masks.causal().dense(t, t) & valid[:, None, None, :])
+  needed = dense.reshape(1, 2, t // block, block, t // block, block).any(axis=(3, 5))
+  visit = np.asarray(sea.compressed_visit(keep, layout, block, block))
+  assert (visit | ~needed).all()                  # every tile holding a kept key is visited
+  causal_tiles = np.tril(np.ones((t // block,) * 2, bool))
+  # Far-behind tiles of late query blocks are skipped although the causal mask allows them.
+  assert (visit & causal_tiles).sum() < 0.7 * causal_tiles.sum() * 2
+  assert not visit[:, :, -1, 0].any()
+
+
 @pytest.mark.parametrize('platform', ['cuda', 'tpu'], ids=['triton_cuda', 'mosaic_tpu'])
 def test_kernels_lower_for_gpu_and_tpu(platform):
   """Forward and backward build for Triton and Mosaic TPU (lowering only; no device here)."""
@@ -360,6 +408,22 @@ def test_kernels_lower_for_gpu_and_tpu(platform):
       lowering_platforms=(platform,)).as_text()
   assert ('tpu_custom_call' if platform == 'tpu' else 'triton') in text.lower()
 
+  # SEA: the compressed mask read tile by tile, with data-dependent lists.
+  from attention import sea
+
+  def sea_loss(q, k, v, keep):
+    layout = sea.key_layout(masks.CausalPadding(True, None, None), 2, t)
+    sparse = masks.causal() & masks.compressed_rows(keep, layout.lengths, layout.positions)
+    out, _ = flash.selected_attention(
+        q, k, v, sparse, None, lambda bq, bk: (None, sea.compressed_visit(keep, layout, bq, bk)),
+        platform=platform)
+    return out.astype(jnp.float32).sum()
+
+  table = jax.ShapeDtypeStruct((2, 2, t, 32), jnp.bool_)
+  text = jax.jit(jax.grad(sea_loss, (0, 1, 2))).trace(spec, spec, spec, table).lower(
+      lowering_platforms=(platform,)).as_text()
+  assert ('tpu_custom_call' if platform == 'tpu' else 'triton') in text.lower()
+
   for k2, v in ((None, spec), (spec, wide)):
     f = jax.grad(lambda q1, k1, q2, k2, v, c1, c2, seg: two_map_loss(
         q1, k1, q2, k2, v, c1, c2, seg), (0, 1, 2, 4, 5, 6))
@@ -388,8 +452,12 @@ def test_bad_kernel_options_name_the_supported_values():
     kernel_backend.resolve('tpu').check(head_dim=64, block_q=128, block_k=64)
   with pytest.raises(ValueError, match=r'dtype float64.*bfloat16, float16, float32'):
     kernel_backend.resolve('gpu').check(head_dim=64, block_q=64, block_k=64, dtype='float64')
-  with pytest.raises(ValueError, match=r"attention.impl='pallas'.*kind=topk.*xla"):
-    make_core('topk', num_heads=N, head_dim=H, impl='pallas')
+  with pytest.raises(ValueError, match=r"attention.impl='pallas'.*kind=performer.*xla"):
+    make_core('performer', num_heads=N, head_dim=H, impl='pallas')
+  with pytest.raises(ValueError, match=r'attention.sea.jitter=0.1.*impl=pallas'):
+    make_core('sea', num_heads=N, head_dim=H, impl='pallas', jitter=0.1)
+  with pytest.raises(ValueError, match=r'attention.dropout=0.1.*pallas'):
+    make_core('dagpam', num_heads=N, head_dim=H, impl='pallas', dropout=0.1)
   with pytest.raises(ValueError, match=r'multiplicative'):
     q, k, v = qkv(0, 8, 8)
     flash.flash_attention(q, k, v, None, biases.multiplicative(np.ones((8, 8))), platform='cpu')

@@ -73,9 +73,11 @@ def block_sizes(backend: Backend, q_len: int, kv_len: int, block_q: int | None,
 def kernel_options(config, head_dim: int, impl: str) -> dict:
   """The keyword options a core passes to the kernels (`block_q`, `block_k`), after refusing
   what they cannot do: attention dropout, and tile sizes or head dims this backend cannot
-  take. Checked when the core is built, so a bad config fails before any training starts."""
+  take. Checked when the core is built, so a bad config fails before any training starts.
+  Returned as a tuple of (name, value) pairs, hashable as nnx module attributes must be:
+  call with `**dict(options)`."""
   if impl not in ('pallas', 'auto'):
-    return {}
+    return ()
   if impl == 'pallas' and config.dropout > 0:
     raise ValueError(f'attention.dropout={config.dropout} is not supported with '
                      'attention.impl=pallas (the kernels have no attention dropout); set '
@@ -87,7 +89,7 @@ def kernel_options(config, head_dim: int, impl: str) -> dict:
     backend.check(head_dim=head_dim,
                   block_q=options['block_q'] or DEFAULT_BLOCK[backend.name],
                   block_k=options['block_k'] or DEFAULT_BLOCK[backend.name])
-  return options
+  return tuple(options.items())
 
 
 def _next_power_of_two(n: int) -> int:
@@ -163,6 +165,7 @@ class _Plan:
   program: Any                 # tile_mask program or None
   operand_kinds: tuple         # 'row_q' | 'row_k' | 'array', per operand
   operand_heads: tuple         # for 'array': 1 or N
+  operand_widths: tuple        # for 'table': K
   bias_dims: tuple | None      # (batch > 1, heads > 1) of the bias array, or None
   position_mod: ScoreMod | None
   params_heads: int            # rows of the position params (1 or the grid's heads)
@@ -205,6 +208,11 @@ def _operand_specs(plan: _Plan, side: str):
       specs.append(_blockspec((None, None, plan.kv_pad), lambda b, n, i, *_: (b, 0, 0))
                    if side == 'q' else
                    _blockspec((None, None, bk), lambda b, n, j, *_: (b, 0, j)))
+    elif kind == 'table':
+      width = plan.operand_widths[len(specs)]
+      specs.append(_blockspec((None, None, bq, width), lambda b, n, i, *_: (b, n, i, 0))
+                   if side == 'q' else
+                   _blockspec((None, None, plan.q_pad, width), lambda b, n, j, *_: (b, n, 0, 0)))
     else:
       specs.append(_blockspec((None, bq, plan.kv_pad), lambda b, n, i, *_, h=h: (h(n), i, 0))
                    if side == 'q' else
@@ -336,7 +344,7 @@ def _row_side_reader(plan: _Plan, operand_refs):
   def read(index, side, *, qs, ks):
     del qs, side
     ref, kind = operand_refs[index], plan.operand_kinds[index]
-    if kind == 'row_q':
+    if kind in ('row_q', 'table'):
       return ref[...]
     if kind == 'row_k':
       return ref[pl.ds(ks, bk)]
@@ -356,7 +364,7 @@ def _col_side_reader(plan: _Plan, operand_refs):
       return ref[pl.ds(qs, bq)]
     if kind == 'row_k':
       return ref[...]
-    return ref[pl.ds(qs, bq), :]
+    return ref[pl.ds(qs, bq), :]      # 'array' and 'table'
 
   return read
 
@@ -835,6 +843,7 @@ def _run(qs, ks, v, coef, mask, score_mod, *, block_q, block_k, platform, prior_
                q_pad=q_pad, kv_pad=kv_pad, scale=float(H) ** -0.5, num_maps=M,
                shared_k=len(ks) == 1, program=program,
                operand_kinds=tuple(o.kind for o in operands), operand_heads=operand_heads,
+               operand_widths=tuple(o.value.shape[-1] for o in operands),
                bias_dims=bias_dims, position_mod=position_mod,
                params_heads=1 if params is None else params.shape[0],
                params_per_map=params is not None and prior_heads > 1 and params.shape[0] > 1,

@@ -8,7 +8,8 @@ A kernel cannot close over JAX arrays, and it sees one (query block, key block) 
   position grids in the kernel;
 - *operands*: the arrays of its data leaves, passed to the kernel as inputs. Padding and segment
   ids become per-example rows `[B, 1, L]` (int32); an array mask (`from_array`, `load`) becomes
-  `[N | 1, T, S]` int8, read one tile at a time (the fallback for arbitrary priors).
+  `[N | 1, T, S]` int8, read one tile at a time (the fallback for arbitrary priors); a
+  compressed mask (`compressed_rows`, SEA) its `[B, N, T, K]` table plus rows of L_i and pos_j.
 
 `program_tile(program, qpos, kpos, read)` evaluates the program on one tile: `qpos: [bq, 1]`,
 `kpos: [1, bk]` absolute positions, and `read(operand_index, side)` returns the operand's part
@@ -20,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -34,9 +36,9 @@ class Operand:
   value: Any
 
 
-def _padded_row(x, length: int, fill):
+def _padded_row(x, length: int, fill, dtype=jnp.int32):
   x = jnp.asarray(x)
-  x = x.astype(jnp.int32)
+  x = x.astype(dtype)
   x = jnp.pad(x, ((0, 0), (0, length - x.shape[1])), constant_values=fill)
   return x[:, None, :]
 
@@ -73,6 +75,13 @@ def compile_mask(mask: masks_lib.Mask | None, q_pad: int, kv_pad: int):
       a = a.reshape((1,) * (3 - a.ndim) + a.shape)[:, :q_pad, :kv_pad]
       a = np.pad(a, ((0, 0), (0, q_pad - a.shape[1]), (0, kv_pad - a.shape[2])))
       return ('array', add('array', jnp.asarray(a, jnp.int8)))
+    if isinstance(m, masks_lib._CompressedRows):
+      table = jnp.asarray(m.table).astype(jnp.int32)
+      table = jnp.pad(table, ((0, 0), (0, 0), (0, q_pad - table.shape[2]), (0, 0)))
+      return ('compressed', add('table', table),
+              add('row_q', _padded_row(m.lengths, q_pad, 0)),
+              add('row_k', _padded_row(m.positions, kv_pad, 0, jnp.float32)),
+              table.shape[-1])
     if isinstance(m, (masks_lib._Causal, masks_lib._LocalWindow, masks_lib._Dilated,
                       masks_lib._GlobalTokens, masks_lib._Chunked, masks_lib._PrefixLM)):
       return ('index', m)
@@ -116,4 +125,24 @@ def program_tile(program, qpos, kpos, read: Callable[[int, str], Any]):
     return read(program[1], 'q')[:, None] == read(program[2], 'k')[None, :]
   if op == 'array':
     return read(program[1], 'qk') != 0
+  if op == 'compressed':
+    return _compressed_tile(read(program[1], 'table'), read(program[2], 'q'),
+                            read(program[3], 'k'), program[4])
   raise AssertionError(op)
+
+
+def _compressed_tile(table, lengths, positions, width: int):
+  """table[i, c(i, j)] on a tile: `table: [bq, K]`, `lengths: [bq]`, `positions: [bk]`.
+
+  A gather along K is not available in every Pallas backend, so the tile loops over the
+  columns it spans (a few when T ≫ K) and picks each column with a masked sum.
+  """
+  c = masks_lib.compressed_columns(positions[None, :], lengths[:, None], width)  # [bq, bk]
+  iota = jnp.arange(width, dtype=jnp.int32)[None, :]
+
+  def body(col, acc):
+    column = jnp.sum(jnp.where(iota == col, table, 0), axis=1)                     # [bq]
+    return acc | ((c == col) & (column[:, None] != 0)).astype(jnp.int32)
+
+  hit = jax.lax.fori_loop(jnp.min(c), jnp.max(c) + 1, body, jnp.zeros(c.shape, jnp.int32))
+  return hit != 0
