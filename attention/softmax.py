@@ -13,6 +13,11 @@
   are skipped, full ones unmasked, ALiBi-type priors computed in the kernel. Triton on GPU,
   Mosaic on TPU, the interpreter on CPU (tests only: slow). No attention dropout and no
   multiplicative score mods; tile sizes `attention.block_q` / `attention.block_k`.
+- `tokamax`: `tokamax.dot_product_attention` (an optional dependency, the GPU install line of
+  the README), the strongest public JAX attention kernel; GPU or TPU. The mask is mapped from
+  the mask library: `causal()` → `is_causal`, one `local_window` → `local_window_size`, every
+  other term (padding, segments, priors) as a dense boolean mask; additive score mods as a
+  dense bias. No attention dropout and no multiplicative score mods.
 - `auto`: per backend, the fastest of these that supports the call (CPU: xla; GPU: cudnn for
   bfloat16/float16 without dropout, else pallas without dropout, else xla; TPU: pallas without
   dropout, else xla), chosen when the layer is first traced and logged once.
@@ -37,7 +42,7 @@ from attention.kernels import flash
 from attention.masks import Mask
 from attention.registry import accumulation_dtype, check_implementation, register
 
-IMPLEMENTATIONS = ('xla', 'cudnn', 'pallas', 'auto')
+IMPLEMENTATIONS = ('xla', 'cudnn', 'pallas', 'tokamax', 'auto')
 
 
 def attention_weights(q: jnp.ndarray, k: jnp.ndarray, mask: Mask | None = None,
@@ -101,15 +106,23 @@ class SoftmaxAttention(nnx.Module):
                layer_index: int = 0, max_len: int = 0):
     del layer_index, max_len  # unused
     impl = check_implementation(config, 'softmax', IMPLEMENTATIONS)
-    if impl == 'cudnn':
+    if impl in ('cudnn', 'tokamax'):
       if config.dropout > 0:
         raise ValueError(f'attention.dropout={config.dropout} is not supported with '
-                         'attention.impl=cudnn; set attention.dropout=0 or use '
+                         f'attention.impl={impl}; set attention.dropout=0 or use '
                          'attention.impl=xla')
       backend = jax.default_backend()
-      if backend != 'gpu':
-        raise ValueError(f'attention.impl=cudnn needs an NVIDIA GPU; this backend is {backend}; '
-                         'use attention.impl=xla')
+      devices = ('gpu',) if impl == 'cudnn' else ('gpu', 'tpu')
+      if backend not in devices:
+        raise ValueError(f'attention.impl={impl} needs '
+                         f'{"an NVIDIA GPU" if impl == "cudnn" else "a GPU or a TPU"}; this '
+                         f'backend is {backend}; use attention.impl=xla (or pallas)')
+      if impl == 'tokamax':
+        try:
+          import tokamax  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+        except ImportError:
+          raise ValueError('attention.impl=tokamax needs the optional package tokamax '
+                           '(pip install tokamax); or use attention.impl=pallas') from None
     self.impl = impl
     self.kernel_options = flash.kernel_options(config, head_dim, impl)
     self.dropout_rate = config.dropout
@@ -126,9 +139,11 @@ class SoftmaxAttention(nnx.Module):
   def __call__(self, q, k, v, mask: Mask | None = None, *, score_mod: ScoreMod | None = None,
                deterministic: bool = True, sow_weights: bool = False):
     impl = self._resolve(q, score_mod)
-    if impl in ('cudnn', 'pallas'):
+    if impl in ('cudnn', 'pallas', 'tokamax'):
       if impl == 'cudnn':
         out = self._cudnn(q, k, v, mask, score_mod)
+      elif impl == 'tokamax':
+        out = tokamax_attention(q, k, v, mask, score_mod)
       else:
         out, _ = flash.flash_attention(q, k, v, mask, score_mod, **dict(self.kernel_options))
       if sow_weights:
@@ -164,3 +179,56 @@ class SoftmaxAttention(nnx.Module):
       sees_any = jnp.transpose(jnp.any(m, axis=-1), (0, 2, 1))[..., None]  # [B|1, T, N|1, 1]
       out = jnp.where(sees_any, out, jnp.zeros((), out.dtype))
     return out
+
+
+def tokamax_arguments(mask: Mask | None, q_len: int, kv_len: int) -> dict:
+  """`tokamax.dot_product_attention` keywords for a mask of the mask library.
+
+  The top-level AND terms `causal()` and one `local_window(left, right)` become `is_causal` and
+  `local_window_size` (which tokamax's kernels exploit); the remaining terms are AND-ed into a
+  dense boolean `mask` `[B | 1, N | 1, T, S]`.
+  """
+  from attention import masks as masks_lib  # pylint: disable=import-outside-toplevel
+  terms, stack = [], [] if mask is None else [mask]
+  while stack:
+    m = stack.pop()
+    if isinstance(m, masks_lib._And):  # pylint: disable=protected-access
+      stack += [m.b, m.a]
+    else:
+      terms.append(m)
+  out, rest = {'is_causal': False}, None
+  for m in terms:
+    if isinstance(m, masks_lib._Causal) and m.offset == 0 and not out['is_causal']:  # pylint: disable=protected-access
+      out['is_causal'] = True
+    elif (isinstance(m, masks_lib._LocalWindow)  # pylint: disable=protected-access
+          and 'local_window_size' not in out):
+      out['local_window_size'] = (kv_len if m.left is None else m.left,
+                                  q_len if m.right is None else m.right)
+    else:
+      rest = m if rest is None else rest & m
+  if rest is not None:
+    out['mask'] = rest.dense(q_len, kv_len)
+  return out
+
+
+def tokamax_attention(q, k, v, mask: Mask | None, score_mod: ScoreMod | None):
+  """Softmax attention by `tokamax.dot_product_attention` (`attention.impl=tokamax`)."""
+  import tokamax  # pylint: disable=import-outside-toplevel
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  if not flags.FLAGS.is_parsed():
+    # tokamax reads its settings from absl flags, which a notebook or a test never parses
+    # (train.py and eval.py do); use their defaults rather than parse this process's argv.
+    flags.FLAGS.mark_as_parsed()
+  q_len, kv_len = q.shape[1], k.shape[1]
+  kwargs = tokamax_arguments(mask, q_len, kv_len)
+  if score_mod is not None:
+    if not score_mod.additive:
+      raise ValueError('attention.bias: multiplicative score mods are not supported with '
+                       'attention.impl=tokamax; use attention.impl=xla')
+    kwargs['bias'] = score_mod.dense(q_len, kv_len, q.shape[2]).astype(jnp.float32)
+  out = tokamax.dot_product_attention(q, k, v, **kwargs)
+  if mask is not None:
+    # A row the mask leaves empty gets zeros, as in every core (tokamax would average v).
+    sees_any = jnp.transpose(jnp.any(mask.dense(q_len, kv_len), axis=-1), (0, 2, 1))[..., None]
+    out = jnp.where(sees_any, out, jnp.zeros((), out.dtype))
+  return out.astype(v.dtype)

@@ -190,7 +190,7 @@ def test_cudnn_without_gpu_is_a_clear_error():
 
 
 def test_unsupported_impl_options_are_clear_errors():
-  with pytest.raises(ValueError, match=r"attention.impl='triton'.*xla, cudnn, pallas, auto"):
+  with pytest.raises(ValueError, match=r"attention.impl='triton'.*xla, cudnn, pallas, tokamax, auto"):
     make_core('triton')
   with pytest.raises(ValueError, match='attention.dropout=0.1.*cudnn'):
     make_core('cudnn', dropout=0.1)
@@ -454,3 +454,34 @@ def test_parse_explains_injected_arguments_and_bad_values():
     parse('gaussian_window(0)')
   with pytest.raises(ValueError, match="'log' or 'linear'"):
     parse("distance_decay(1.0, form='cubic')")
+
+
+def test_tokamax_arguments_map_the_mask_library():
+  from attention.softmax import tokamax_arguments
+  valid = jnp.array([[1, 1, 1, 0]], bool)
+  args = tokamax_arguments(masks.causal() & masks.local_window(2) & masks.padding(None, valid),
+                           4, 4)
+  assert args['is_causal'] and args['local_window_size'] == (2, 0)
+  np.testing.assert_array_equal(args['mask'], masks.padding(None, valid).dense(4, 4))
+  assert tokamax_arguments(None, 4, 4) == {'is_causal': False}
+  other = tokamax_arguments(masks.local_window(1, 1) | masks.global_tokens([0]), 4, 4)
+  assert not other['is_causal'] and other['mask'].shape == (1, 1, 4, 4)
+
+
+def test_impl_tokamax_is_refused_on_cpu():
+  with pytest.raises(ValueError, match='attention.impl=tokamax needs a GPU or a TPU.*cpu'):
+    make_core('tokamax')
+
+
+def test_tokamax_path_equals_xla(monkeypatch):
+  """tokamax's own dispatch (its xla implementation on this CPU) with our mask mapping, bias
+  and empty-row convention; skipped where the optional package is not installed."""
+  pytest.importorskip('tokamax', reason='tokamax is optional (GPU install line)')
+  from attention.softmax import tokamax_attention
+  q, k, v = random_qkv(6, 2, 9, 9)
+  allowed = np.tril(np.ones((9, 9), bool))
+  allowed[4] = False
+  mask = masks.causal() & masks.local_window(4) & masks.from_array(allowed)
+  want = make_core('xla')(q, k, v, mask, score_mod=biases.alibi(NUM_HEADS))
+  got = tokamax_attention(q, k, v, mask, biases.alibi(NUM_HEADS))
+  np.testing.assert_allclose(got, want, atol=1e-6)
