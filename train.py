@@ -66,6 +66,10 @@ def main(argv):
   config = _CONFIG.value
   if _SHOW_CONFIG.value:
     print(config)
+    with cli.user_errors():
+      # pylint: disable-next=g-import-not-at-top (keeps --help fast)
+      from attention.kernels import backend as kernel_backend
+      print('# ' + kernel_backend.describe(config.attention, config.model.get('dtype', 'float32')))
     return
   workdir = (Path(_WORKDIR.value) if _WORKDIR.value
              else default_workdir(config_flags.get_config_filename(flags.FLAGS['config'])))

@@ -551,3 +551,12 @@ def test_encoder_decoder_gradients_with_pallas_equal_xla():
   np.testing.assert_allclose(float(l_got), float(l_want), rtol=1e-5)
   for g, w in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_want)):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=2e-5, rtol=1e-4)
+
+
+def test_show_config_names_the_implementation_that_runs():
+  import ml_collections
+  a = ml_collections.ConfigDict({'kind': 'softmax', 'impl': 'pallas', 'dropout': 0.0, 'bias': ''})
+  assert kernel_backend.describe(a, 'float32') == (
+      'attention.kind=softmax impl=pallas on cpu (Pallas: the interpreter, slow: for tests)')
+  a.kind, a.impl = 'performer', 'auto'
+  assert kernel_backend.describe(a, 'float32') == 'attention.kind=performer impl=auto → xla on cpu'

@@ -36,6 +36,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from attention.kernels import backend as kernel_backend
 from training import builders, distill, distributed, evaluate, optim, progress, signals, steps
 from training import translate
 from training import checkpoints as ckpt_lib
@@ -271,6 +272,8 @@ def _train(plan: _Plan, stop: signals.StopRequest) -> dict:
   if jax.process_index() == 0:
     print(f'{plan.n_params:,} parameters; {mesh.size} device(s); training steps {start}..'
           f'{config.train_steps}; workdir {workdir}', flush=True)
+    print(kernel_backend.describe(config.attention, config.model.get('dtype', 'float32')),
+          flush=True)
   # Sums of the updates applied since the last train row (the running skip count apart).
   window = {'sums': None, 'applied': 0, 'seen': 0, 'tokens': 0, 'start': time.perf_counter(),
             'skipped': int(state['skipped_updates'])}  # the running count, read once here

@@ -114,3 +114,31 @@ def auto_implementation(kind: str, dtype, *, dropout: float, additive: bool,
     logging.info('attention.impl=auto: attention.kind=%s runs impl=%s on %s (%s inputs)',
                  kind, choice, platform, dtype.name)
   return choice
+
+
+def describe(attention_config, dtype) -> str:
+  """One line saying which implementation `attention.kind/impl` runs here, and on what.
+
+  Shown by `train.py --show_config` and at the start of training, so that `impl=auto` and
+  the Pallas backend (Triton, Mosaic TPU, or the CPU interpreter) are never a surprise.
+  """
+  import importlib  # pylint: disable=import-outside-toplevel
+  from attention import registry  # pylint: disable=import-outside-toplevel
+  kind, impl = attention_config.kind, attention_config.impl
+  module = importlib.import_module(registry.core_class(kind).__module__)
+  implementations = getattr(module, 'IMPLEMENTATIONS', ('xla',))
+  platform = jax.default_backend()
+  choice = impl
+  if impl == 'auto':
+    choice = 'xla'
+    if 'pallas' in implementations:
+      choice = auto_implementation(
+          kind, dtype, dropout=attention_config.dropout,
+          additive='multiplicative' not in str(attention_config.get('bias', '')),
+          cudnn='cudnn' in implementations, platform=platform)
+  line = f'attention.kind={kind} impl={impl}' + (f' → {choice}' if impl == 'auto' else '')
+  line += f' on {platform}'
+  if choice == 'pallas':
+    name = resolve(platform).name
+    line += f' (Pallas: {"the interpreter, slow: for tests" if name == "interpret" else name})'
+  return line
