@@ -194,6 +194,23 @@ def test_tpu_program_under_the_tpu_interpreter_with_race_detection():
         platform='tpu_interpret')
 
 
+def test_two_map_kernel_in_bfloat16_and_under_the_tpu_interpreter():
+  """The fused kernel's TPU program (SMEM lists, per-head coefficients) under the TPU
+  interpreter with race detection, in bfloat16, against the float64 reference (bf16
+  tolerance)."""
+  t = 130
+  ks_ = jax.random.split(jax.random.key(18), 4)
+  q1, q2, k1, v = (jax.random.normal(x, (1, t, 1, 32)).astype(jnp.bfloat16) for x in ks_)
+  mask = masks.causal()
+  out, _ = flash.two_map_attention(q1, k1, q2, None, v, 1.5, 0.5, mask, biases.alibi(1),
+                                   platform='tpu_interpret')
+  assert out.dtype == jnp.bfloat16
+  bias = np.asarray(biases.alibi(1).bias(t, t), np.float64)
+  with jax.enable_x64(True):
+    want = two_map_reference(q1, k1, q2, k1, v, 1.5, 0.5, dense_mask(mask, t, t), bias, bias)
+  np.testing.assert_allclose(np.asarray(out, np.float32), want, atol=3e-2, rtol=3e-2)
+
+
 def two_map_reference(q1, k1, q2, k2, v, c1, c2, allowed, bias1, bias2):
   """float64 c1·P1·V − c2·P2·V, each P_m a softmax over the allowed keys."""
   per_head = lambda c: jnp.reshape(jnp.asarray(c, jnp.float64), (1, -1, 1, 1))
@@ -519,8 +536,11 @@ def optax_xent(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def test_encoder_decoder_gradients_with_pallas_equal_xla():
-  """Encoder self-, decoder self- and cross-attention (padded source) through the kernel."""
+@pytest.mark.parametrize('kind', ['softmax', 'dagpam'])
+def test_encoder_decoder_gradients_with_pallas_equal_xla(kind):
+  """Encoder self-, decoder self- and cross-attention (padded source) through the kernels:
+  the flash and the fused two-map body. (DIFF and top-k share these bodies and are trained
+  through the kernels in the LM test; SEA is self-attention only.)"""
   from flax import nnx
   from configs import common
   from models import seq2seq
@@ -531,7 +551,9 @@ def test_encoder_decoder_gradients_with_pallas_equal_xla():
 
   def build(impl):
     c = common.translation_base_config()
+    c.attention.kind = kind
     c.attention.impl, c.attention.block_q, c.attention.block_k = impl, 16, 16
+    c.attention.topk.k = 5
     m = c.model
     m.encoder_layers, m.decoder_layers, m.d_model, m.num_heads, m.d_ff = 1, 1, 32, 2, 64
     m.src_vocab_size, m.tgt_vocab_size, m.max_len = 23, 19, 64
