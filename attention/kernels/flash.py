@@ -19,7 +19,9 @@ What the kernel takes from the rest of the library:
   per-head numbers, and the backward pass returns those numbers' gradient. Any other additive
   mod (array priors, learnable tables) is read as a bias array `[B | 1, N | 1, T, S]`, one tile
   at a time, and its gradient is the score gradient dS (a learnable table's gradient, written
-  tile by tile). Multiplicative mods are refused.
+  tile by tile into a `[B, N, T, S]` float32 array and summed over the batch outside: the one
+  place the kernels hold T × S numbers, and only for such a bias). Multiplicative mods are
+  refused.
 
 Conventions, the same as the XLA cores: logits s = q·kᵀ/√H + bias, then the mask; scores, the
 softmax and both products accumulate in float32 (float64 for float64 inputs, interpreter
