@@ -488,6 +488,18 @@ def prefix_lm(prefix_len: int) -> Mask:
   return _PrefixLM(_check_int('prefix_lm: prefix_len', prefix_len, 0))
 
 
+def and_terms(mask: Mask | None) -> list[Mask]:
+  """The terms of a top-level AND (`a & b & c` → [a, b, c]); [] for None."""
+  terms, stack = [], [] if mask is None else [mask]
+  while stack:
+    m = stack.pop()
+    if isinstance(m, _And):
+      stack += [m.b, m.a]
+    else:
+      terms.append(m)
+  return terms
+
+
 class CausalPadding(NamedTuple):
   """A mask split into the parts linear-time cores support (see `causal_padding_parts`)."""
   causal: bool            # attend to j ≤ i only
@@ -504,13 +516,7 @@ def causal_padding_parts(mask: Mask | None, *, kind: str) -> CausalPadding:
   ValueError naming `attention.kind=<kind>` and the mask, so a config is refused rather than
   silently attending where the mask forbids it.
   """
-  terms, stack = [], [] if mask is None else [mask]
-  while stack:
-    m = stack.pop()
-    if isinstance(m, _And):
-      stack += [m.b, m.a]
-    else:
-      terms.append(m)
+  terms = and_terms(mask)
   is_causal, valid_q, valid_k = False, None, None
 
   def combine(old, new):

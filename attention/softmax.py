@@ -189,13 +189,7 @@ def tokamax_arguments(mask: Mask | None, q_len: int, kv_len: int) -> dict:
   dense boolean `mask` `[B | 1, N | 1, T, S]`.
   """
   from attention import masks as masks_lib  # pylint: disable=import-outside-toplevel
-  terms, stack = [], [] if mask is None else [mask]
-  while stack:
-    m = stack.pop()
-    if isinstance(m, masks_lib._And):  # pylint: disable=protected-access
-      stack += [m.b, m.a]
-    else:
-      terms.append(m)
+  terms = masks_lib.and_terms(mask)
   out, rest = {'is_causal': False}, None
   for m in terms:
     if isinstance(m, masks_lib._Causal) and m.offset == 0 and not out['is_causal']:  # pylint: disable=protected-access

@@ -70,14 +70,7 @@ def split_mask(mask: Mask | None, *, kind: str = 'topk') -> tuple[Mask | None, A
   The mask must be an AND of terms that are each static (hold no JAX arrays) or a padding
   mask; the static terms are AND-ed back together.
   """
-  terms, stack = [], [] if mask is None else [mask]
-  while stack:
-    m = stack.pop()
-    # masks._And is the `&` node; walking it keeps each padding term's arrays explicit.
-    if isinstance(m, masks_lib._And):  # pylint: disable=protected-access
-      stack += [m.b, m.a]
-    else:
-      terms.append(m)
+  terms = masks_lib.and_terms(mask)
   static, valid_q, valid_k = None, None, None
   for m in terms:
     if m.is_static:

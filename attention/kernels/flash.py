@@ -485,6 +485,16 @@ def _k_ref(plan: _Plan, refs: _Refs, m: int):
 # ------------------------------------------------------------------------------------------
 # Forward.
 
+def _query_block_tile(plan: _Plan, r: '_Refs', acc):
+  """(params, tile) of a kernel whose program is a query block (forward, dQ)."""
+  bk = plan.block_k
+  bias_tile = None if r.bias is None else (lambda qs_, ks: r.bias[:, pl.ds(ks, bk)])
+  params = None if r.params is None else r.params[...].astype(acc)
+  return params, _Tile(plan, acc, bias_tile=bias_tile, params=params,
+                       operand_read=_row_side_reader(plan, r.operands),
+                       floor_rows=None if r.floor is None else (lambda qs_: r.floor[...]))
+
+
 def _forward_kernel(*refs, plan: _Plan, acc, residuals: bool):
   M = plan.num_maps
   outputs = ['out'] + [f'lse{m}' for m in range(M)]
@@ -493,11 +503,7 @@ def _forward_kernel(*refs, plan: _Plan, acc, residuals: bool):
   r = _Refs(plan, refs, _input_names(plan, False), outputs)
   bq, bk = plan.block_q, plan.block_k
   qs = pl.program_id(2) * bq
-  bias_tile = None if r.bias is None else (lambda qs_, ks: r.bias[:, pl.ds(ks, bk)])
-  params = None if r.params is None else r.params[...].astype(acc)
-  tile = _Tile(plan, acc, bias_tile=bias_tile, params=params,
-               operand_read=_row_side_reader(plan, r.operands),
-               floor_rows=None if r.floor is None else (lambda qs_: r.floor[...]))
+  params, tile = _query_block_tile(plan, r, acc)
   qs_m = [getattr(r, f'q{m}')[...] for m in range(M)]
 
   def body(slot, carry):
@@ -581,11 +587,7 @@ def _dq_kernel(*refs, plan: _Plan, acc):
   r = _Refs(plan, refs, _input_names(plan, True), outputs)
   bq, bk = plan.block_q, plan.block_k
   qs = pl.program_id(2) * bq
-  bias_tile = None if r.bias is None else (lambda qs_, ks: r.bias[:, pl.ds(ks, bk)])
-  params = None if r.params is None else r.params[...].astype(acc)
-  tile = _Tile(plan, acc, bias_tile=bias_tile, params=params,
-               operand_read=_row_side_reader(plan, r.operands),
-               floor_rows=None if r.floor is None else (lambda qs_: r.floor[...]))
+  params, tile = _query_block_tile(plan, r, acc)
   q_m = [getattr(r, f'q{m}')[...] for m in range(M)]
   do = r.do[...]
   lse_m = [_backward_lse(getattr(r, f'lse{m}')[...].astype(acc)) for m in range(M)]
