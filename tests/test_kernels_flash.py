@@ -299,6 +299,62 @@ def test_topk_selection_visits_only_tiles_of_kept_keys():
   assert np.all(visited_keys | ~kept)          # every kept key's tile is visited
 
 
+def _integer_qk(seed, t, n=1, h=32):
+  """bf16-exact queries and keys: entries in {-1, 0, 1}, so every score is an integer / √h and
+  distinct score levels are ≥ 1/√h apart, far beyond bf16 rounding."""
+  rng = np.random.default_rng(seed)
+  q, k, v = (rng.integers(-1, 2, size=(1, t, n, h)).astype(np.float32) for _ in range(3))
+  v = v + rng.normal(size=v.shape).astype(np.float32)
+  return q, k, v
+
+
+def test_selected_attention_in_bfloat16_and_under_the_tpu_interpreter():
+  """The block-sparse top-k program on TPU (SMEM lists per example and head, the per-query
+  floor read by the kernel) under the TPU interpreter with race detection, in bf16: a floor
+  half a score level below each query's 3rd best integer score keeps exactly the keys at or
+  above that level, and only the tiles holding a kept key are listed."""
+  t, h = 200, 32
+  q, k, v = _integer_qk(19, t, h=h)
+  levels = np.einsum('btnh,bsnh->bnts', q, k)                       # integer scores
+  causal = np.tril(np.ones((t, t), bool))
+  levels = np.where(causal, levels, -np.inf)
+  third = -np.sort(-levels, axis=-1)[..., 2]                        # [1, 1, T]
+  floor = (third - 0.5) / np.sqrt(h)
+  kept = causal & (levels >= third[..., None])        # rows 0 and 1 have under 3 keys: all kept
+  padded = np.pad(kept, ((0, 0), (0, 0), (0, 56), (0, 56)))
+  visit = padded.reshape(1, 1, 2, 128, 2, 128).any(axis=(3, 5))
+  selection = lambda bq, bk: (jnp.asarray(floor, jnp.float32), jnp.asarray(visit))
+  as_bf16 = lambda x: jnp.asarray(x, jnp.bfloat16)
+  out, _ = flash.selected_attention(as_bf16(q), as_bf16(k), as_bf16(v), masks.causal(), None,
+                                    selection, platform='tpu_interpret')
+  assert out.dtype == jnp.bfloat16
+  with jax.enable_x64(True):
+    want, _ = reference(q, k, v, kept, None)
+  np.testing.assert_allclose(np.asarray(out, np.float32), want, atol=3e-2, rtol=3e-2)
+
+
+def test_sea_compressed_mask_under_the_tpu_interpreter():
+  """SEA's kernel path on TPU: M̂ read tile by tile from the [B, N, T, K] table (a row operand
+  in VMEM) under the TPU interpreter with race detection, against a float64 softmax over the
+  dense M̂ ∧ causal ∧ padding."""
+  from attention import sea
+  t, width = 130, 8
+  q, k, v = qkv(20, t, t, b=1, n=1, h=32)
+  rng = np.random.default_rng(1)
+  keep = rng.random((1, 1, t, width)) < 0.3
+  keep[..., -1] = True
+  valid = jnp.asarray(np.arange(t)[None] < 110)
+  mask = masks.causal() & masks.padding(None, valid)
+  layout = sea.key_layout(masks.causal_padding_parts(mask, kind='sea'), 1, t)
+  sparse = mask & masks.compressed_rows(jnp.asarray(keep), layout.lengths, layout.positions)
+  selection = lambda bq, bk: (None, sea.compressed_visit(jnp.asarray(keep), layout, bq, bk))
+  out, lse = flash.selected_attention(q, k, v, sparse, None, selection, platform='tpu_interpret')
+  with jax.enable_x64(True):
+    want, want_lse = reference(q, k, v, np.asarray(sparse.dense(t, t)), None)
+  np.testing.assert_allclose(np.asarray(out, np.float64), want, atol=2e-5, rtol=2e-5)
+  np.testing.assert_allclose(np.asarray(lse, np.float64), want_lse, atol=2e-5, rtol=2e-5)
+
+
 @pytest.mark.parametrize('variant', ['bidirectional'])   # causal: the LM test below
 def test_sea_core_with_pallas_equals_xla(variant):
   """SEA's sparse branch through the kernel (M̂ read tile by tile, only tiles that may hold a
@@ -536,11 +592,12 @@ def optax_xent(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-@pytest.mark.parametrize('kind', ['softmax', 'dagpam'])
+@pytest.mark.parametrize('kind', ['softmax', 'dagpam', 'diff', 'topk', 'sea'])
 def test_encoder_decoder_gradients_with_pallas_equal_xla(kind):
-  """Encoder self-, decoder self- and cross-attention (padded source) through the kernels:
-  the flash and the fused two-map body. (DIFF and top-k share these bodies and are trained
-  through the kernels in the LM test; SEA is self-attention only.)"""
+  """Encoder self-, decoder self- and cross-attention (padded source) through the kernels, for
+  every kind that has one: loss and every parameter's gradient equal impl=xla. SEA is the
+  decoder's causal self-attention (its estimator needs the key positions of a self-attention),
+  with softmax in the encoder and cross-attention."""
   from flax import nnx
   from configs import common
   from models import seq2seq
@@ -551,10 +608,13 @@ def test_encoder_decoder_gradients_with_pallas_equal_xla(kind):
 
   def build(impl):
     c = common.translation_base_config()
-    c.attention.kind = kind
+    c.attention.kind = 'softmax' if kind == 'sea' else kind
     c.attention.impl, c.attention.block_q, c.attention.block_k = impl, 16, 16
-    c.attention.topk.k = 5
+    c.attention.topk.k, c.attention.topk.query_chunk_size = 5, 16
+    c.attention.sea.predictor_length, c.attention.sea.k, c.attention.sea.distill = 8, 4, False
+    c.attention.sea.variant = 'causal'
     m = c.model
+    m.decoder_attention = 'sea' if kind == 'sea' else ''
     m.encoder_layers, m.decoder_layers, m.d_model, m.num_heads, m.d_ff = 1, 1, 32, 2, 64
     m.src_vocab_size, m.tgt_vocab_size, m.max_len = 23, 19, 64
     return seq2seq.EncoderDecoder(m, c.attention, rngs=nnx.Rngs(params=0, dropout=1))
