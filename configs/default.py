@@ -10,10 +10,29 @@ is 1/16 = 6.25% (16 value tokens). Expected: validation accuracy ≥ 0.90 within
 2 CPU cores (the number `train.py` prints at the end; see README for a measured run).
 
 Presets: `steps=<N>` (number of updates), `attention=<kind>`.
+
+Sweeps (`python -m training.sweep --config=configs/default.py --sweep=NAME --seeds=3`):
+  mqar_pairs   every kind at 4, 8, 16 and 32 key–value pairs (sequences of 64, 8 queries).
+  mqar_length  every kind at sequences of 32, 64 and 128 tokens (8 pairs).
+Each row is one kind at one size, with the same width (2 layers × 128), updates and optimizer;
+the metric is the test accuracy of recalling the queried values. The finding to check against
+(Arora et al. 2023, "Zoology", arXiv:2312.04927): softmax attention solves MQAR at every size
+tried, while kernel (linear) attention, Performer here, falls off as the number of pairs grows.
 """
 
 from configs import common
 import data
+
+# Every kind, with the options that fit sequences of 32–128 tokens and training from scratch.
+SWEEP_KINDS = {
+    'softmax': {},
+    'dagpam': {},
+    'diff': {},
+    'performer': {},
+    'topk': {'attention.topk.k': 8},
+    'sea': {'attention.sea.distill': False, 'attention.sea.predictor_length': 32,
+            'attention.sea.k': 8},
+}
 
 
 def get_config(arg: str | None = None):
@@ -44,3 +63,29 @@ def get_config(arg: str | None = None):
   c.checkpoint_every = 200
   common.apply_common_args(c, args)
   return c
+
+
+def get_sweep(arg: str | None = None):
+  """The MQAR capability sweeps (module docstring); `arg` as for `get_config`."""
+  del arg
+  test = [{'name': 'test', 'flags': ['--split=test']}]
+
+  def rows(sizes, label):
+    return [{'name': f'{kind}-{label(size)}', 'group': kind, 'x': size[0],
+             'attention.kind': kind, **options, **size[1]}
+            for kind, options in SWEEP_KINDS.items() for size in sizes]
+
+  pairs = [(n, {'data.num_kv_pairs': n, 'data.key_vocab_size': 32, 'seq_len': 64,
+                'model.max_len': 64}) for n in (4, 8, 16, 32)]
+  lengths = [(t, {'seq_len': t, 'model.max_len': t}) for t in (32, 64, 128)]
+  return {
+      'mqar_pairs': {
+          'doc': 'MQAR accuracy against the number of key-value pairs, every kind (sequences '
+                 'of 64, 8 queries, 32 keys).',
+          'rows': rows(pairs, lambda s: f'pairs{s[0]}'), 'evals': test,
+          'x_label': 'key-value pairs'},
+      'mqar_length': {
+          'doc': 'MQAR accuracy against the sequence length, every kind (8 pairs, 8 queries).',
+          'rows': rows(lengths, lambda s: f'len{s[0]}'), 'evals': test,
+          'x_label': 'sequence length'},
+  }
