@@ -181,3 +181,46 @@ def test_ranking_shares_a_tier_inside_the_seed_noise():
   from scipy import stats
   want = stats.ttest_ind([10.0, 10.2, 9.9], [12.0, 12.1, 11.9], equal_var=False).pvalue
   np.testing.assert_allclose(sweep_report.welch_p([10.0, 10.2, 9.9], [12.0, 12.1, 11.9]), want)
+
+
+def test_every_sweep_of_every_task_config_names_real_keys(tmp_path):
+  """Each sweep beside the task configs expands and its overrides exist with the right types;
+  the parameter-matched control has daGPAM's parameter count within one FFN unit per layer."""
+  from training import sweep as sweep_lib
+  from configs import sweeps as rows_lib
+  configs = sweep_lib.configs_with_sweeps()
+  assert {'configs/default.py', 'configs/wikitext103.py', 'configs/enwik8.py',
+          'configs/iwslt14.py', 'configs/wmt14.py'} <= set(configs)
+  for path in configs:
+    for arg in ('size=tiny', 'size=paper') if path != 'configs/default.py' else ('',):
+      spec = f'{path}:{arg}' if arg else path
+      module = sweep_lib._import_config_module(sweep_lib.REPO / path)  # pylint: disable=protected-access
+      for name in module.get_sweep(arg or None):
+        s = sweep_lib.load_sweep(spec, name)
+        sweep_lib.check_overrides(spec, s)
+        jobs = sweep_lib.make_jobs(spec, s, 2, tmp_path / name)
+        assert len(jobs) == 2 * len(s.rows)
+        sweep_lib.stages(jobs)
+  from configs import wikitext103
+  config = wikitext103.get_config('size=small')
+  d, ffn_unit = config.model.d_model, 2 * config.model.d_model + 1
+  extra = rows_lib.dagpam_extra_parameters(config)
+  assert extra == config.model.num_layers * (d // config.model.num_heads) ** 2
+  added = (rows_lib.matched_d_ff(config) - config.model.d_ff) * config.model.num_layers * ffn_unit
+  assert abs(added - extra) <= config.model.num_layers * ffn_unit / 2
+
+
+def test_a_row_after_another_waits_for_it_and_reads_its_workdir(tmp_path):
+  from training import sweep as sweep_lib
+  rows = (sweep_lib.Row('teacher', (('attention.kind', 'softmax'),), 'teacher'),
+          sweep_lib.Row('student', (('attention.sea.teacher', '{root}/teacher/seed{seed}'),),
+                        'student', after='teacher', evals=('k8',)))
+  evals = (sweep_lib.Eval('test', ('--split=test',)), sweep_lib.Eval('k8', ('--split=test',), 8.0))
+  s = sweep_lib.Sweep('s', '', rows, evals)
+  jobs = sweep_lib.make_jobs('configs/default.py', s, 2, tmp_path)
+  waves = sweep_lib.stages(jobs)
+  assert [[(j.row.name, j.seed) for j in w] for w in waves] == [
+      [('teacher', 0), ('teacher', 1)], [('student', 0), ('student', 1)]]
+  student = waves[1][1]
+  assert f'--config.attention.sea.teacher={tmp_path.resolve()}/teacher/seed1' in student.train
+  assert [e.name for e, _ in student.evals] == ['k8']

@@ -78,7 +78,7 @@ except ImportError:  # only --launcher=slurm needs it
   submitit = None
 
 REPO = Path(__file__).resolve().parents[1]
-ROW_META = ('name', 'group', 'x')           # row keys that are not config overrides
+ROW_META = ('name', 'group', 'x', 'after', 'evals')   # row keys that are not config overrides
 NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._=,+-]*$')
 
 
@@ -102,6 +102,8 @@ class Row:
   overrides: tuple[tuple[str, Any], ...]
   group: str
   x: float | None = None
+  after: str | None = None                # a row whose job of the same seed must finish first
+  evals: tuple[str, ...] | None = None    # the evals this row runs (None: all)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +122,7 @@ def split_config_spec(spec: str) -> tuple[Path, str | None]:
   found = next((p for p in candidates if p.is_file()), None)
   if found is None:
     known = ', '.join(f'configs/{p.name}' for p in sorted((REPO / 'configs').glob('*.py'))
-                      if p.name not in ('__init__.py', 'common.py'))
+                      if p.name not in ('__init__.py', 'common.py', 'sweeps.py'))
     raise SweepError(f'--config={path}: no such config file; the task configs are: {known}')
   return found.resolve(), (arg or None)
 
@@ -157,9 +159,10 @@ def _parse_row(raw: Any, where: str) -> Row:
   if not NAME_RE.match(name) or name in ('sweep', 'slurm'):
     raise SweepError(f'{where}: row name {name!r} is not a folder name (letters, digits and '
                      '._=,+- only); give the row a "name"')
-  x = raw.get('x')
+  x, evals = raw.get('x'), raw.get('evals')
   return Row(name=name, overrides=overrides, group=str(raw.get('group', name)),
-             x=None if x is None else float(x))
+             x=None if x is None else float(x), after=raw.get('after'),
+             evals=None if evals is None else tuple(evals))
 
 
 def _parse_eval(raw: Any, index: int, where: str) -> Eval:
@@ -199,6 +202,14 @@ def load_sweep(config_spec: str, name: str) -> Sweep:
   names = [e.name for e in evals]
   if len(set(names)) != len(names):
     raise SweepError(f'{where}: two evals share a name: {names}')
+  row_names = [r.name for r in rows]
+  for r in rows:
+    if r.after is not None and (r.after not in row_names or r.after == r.name):
+      raise SweepError(f'{where} row {r.name!r}: after={r.after!r} is not another row '
+                       f'({", ".join(row_names)})')
+    unknown = sorted(set(r.evals or ()) - set(names))
+    if unknown:
+      raise SweepError(f'{where} row {r.name!r}: unknown evals {unknown}; the evals are {names}')
   return Sweep(name=name, doc=str(raw.get('doc', '')), rows=rows, evals=evals,
                x_label=str(raw.get('x_label', '')))
 
@@ -255,6 +266,7 @@ class Job:
 
   def record(self) -> dict:
     return {'row': self.row.name, 'group': self.row.group, 'x': self.row.x, 'seed': self.seed,
+            'after': self.row.after,
             'overrides': [[k, v] for k, v in self.row.overrides],
             'train': list(self.train),
             'evals': [{'name': e.name, 'x': e.x, 'command': list(c)} for e, c in self.evals]}
@@ -269,10 +281,12 @@ def make_jobs(config_spec: str, sweep: Sweep, seeds: int, root: Path) -> list[Jo
         raise SweepError(f'two jobs would share the workdir {workdir}: rows {seen[workdir]!r} '
                          f'and {row.name!r}; give the rows distinct "name"s')
       seen[workdir] = row.name
+      fill = lambda v: (v.format(root=root.resolve(), seed=seed) if isinstance(v, str) else v)
       train = ('train.py', f'--config={config_spec}',
-               *(f'--config.{k}={_format_value(v)}' for k, v in row.overrides),
+               *(f'--config.{k}={_format_value(fill(v))}' for k, v in row.overrides),
                f'--config.seed={seed}', '--config.progress_bar=false', f'--workdir={workdir}')
-      evals = tuple((e, ('eval.py', f'--workdir={workdir}', *e.flags)) for e in sweep.evals)
+      evals = tuple((e, ('eval.py', f'--workdir={workdir}', *e.flags)) for e in sweep.evals
+                    if row.evals is None or e.name in row.evals)
       jobs.append(Job(row, seed, workdir, train, evals))
   return jobs
 
@@ -397,21 +411,59 @@ def on_tpu_vm() -> bool:
   return bool(glob.glob('/dev/accel*') or glob.glob('/dev/vfio/[0-9]*'))
 
 
+def stages(jobs: Sequence[Job]) -> list[list[Job]]:
+  """Jobs in waves: a row with `after` runs in the wave after that row's."""
+  by_row = {j.row.name: j.row for j in jobs}
+  depth = {}
+
+  def level(name: str, seen=()) -> int:
+    if name not in depth:
+      after = by_row[name].after
+      if after in seen:
+        raise SweepError(f'rows {", ".join(seen)} wait for each other (after=)')
+      depth[name] = 0 if after is None else 1 + level(after, (*seen, name))
+    return depth[name]
+
+  waves: dict[int, list[Job]] = {}
+  for job in jobs:
+    waves.setdefault(level(job.row.name), []).append(job)
+  return [waves[k] for k in sorted(waves)]
+
+
+def _prerequisite(job: Job, jobs: Sequence[Job]) -> Job | None:
+  if job.row.after is None:
+    return None
+  return next(j for j in jobs if j.row.name == job.row.after and j.seed == job.seed)
+
+
 def launch_local(jobs: Sequence[Job], parallel: int, *, out=sys.stdout) -> dict[str, int]:
-  """Runs the jobs, `parallel` at a time; returns the count of each outcome."""
+  """Runs the jobs, `parallel` at a time, wave after wave; returns the count of each outcome."""
   if parallel > 1 and on_tpu_vm():
     raise SweepError(f'--parallel={parallel}: one process holds a TPU; use --parallel=1 here')
   runner = Runner()
   previous = {s: signal.signal(s, lambda signum, _: runner.stop(signum))
               for s in (signal.SIGTERM, signal.SIGINT)}
   counts: dict[str, int] = {}
+
+  def run(job: Job) -> str:
+    before = _prerequisite(job, jobs)
+    if before is not None and not before.done and not job.done:
+      return f'failed (row {before.row.name} seed{before.seed}, which it needs, did not finish)'
+    return runner.run(job)
+
+  finished = 0
   try:
     with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
-      futures = {pool.submit(runner.run, job): job for job in jobs}
-      for i, future in enumerate(concurrent.futures.as_completed(futures), 1):
-        job, outcome = futures[future], future.result()
-        counts[outcome.split(' ')[0]] = counts.get(outcome.split(' ')[0], 0) + 1
-        print(f'[{i}/{len(jobs)}] {job.row.name} seed{job.seed}: {outcome}', file=out, flush=True)
+      for wave in stages(jobs):
+        futures = {pool.submit(run, job): job for job in wave}
+        for future in concurrent.futures.as_completed(futures):
+          job, outcome = futures[future], future.result()
+          finished += 1
+          counts[outcome.split(' ')[0]] = counts.get(outcome.split(' ')[0], 0) + 1
+          print(f'[{finished}/{len(jobs)}] {job.row.name} seed{job.seed}: {outcome}', file=out,
+                flush=True)
+        if runner.stopping:
+          break
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
@@ -424,7 +476,7 @@ _SLURM_RUNNER = Runner()   # the runner of the SLURM task running in this proces
 def job_from_record(record: dict) -> Job:
   evals = tuple((Eval(e['name'], (), e['x']), tuple(e['command'])) for e in record['evals'])
   row = Row(record['row'], tuple(tuple(o) for o in record['overrides']), record['group'],
-            record['x'])
+            record['x'], record.get('after'))
   return Job(row, record['seed'], Path(record['workdir']), tuple(record['train']), evals)
 
 
@@ -457,17 +509,26 @@ def launch_slurm(jobs: Sequence[Job], root: Path, *, cluster: str, parameters: d
     return counts
   executor = submitit.AutoExecutor(folder=str(root / 'slurm' / '%j'), cluster=cluster)
   executor.update_parameters(**parameters)
-  records = [dict(j.record(), workdir=str(j.workdir)) for j in todo]
-  submitted = executor.map_array(SlurmTask(), records)
-  if cluster == 'slurm':
-    print(f'submitted {len(submitted)} jobs: {submitted[0].job_id.split("_")[0]} '
-          f'(logs in {root / "slurm"}); rerun this command to see what is finished', file=out)
-    counts['submitted'] = len(submitted)
-    return counts
-  for i, (job, handle) in enumerate(zip(todo, submitted), 1):
-    outcome = handle.result()
-    counts[outcome.split(' ')[0]] = counts.get(outcome.split(' ')[0], 0) + 1
-    print(f'[{i}/{len(todo)}] {job.row.name} seed{job.seed}: {outcome}', file=out, flush=True)
+  previous_id = None
+  finished = 0
+  for wave in stages(todo):
+    if previous_id is not None and cluster == 'slurm':
+      executor.update_parameters(slurm_additional_parameters={'dependency':
+                                                              f'afterany:{previous_id}'})
+    records = [dict(j.record(), workdir=str(j.workdir)) for j in wave]
+    submitted = executor.map_array(SlurmTask(), records)
+    previous_id = submitted[0].job_id.split('_')[0]
+    if cluster == 'slurm':
+      print(f'submitted {len(submitted)} jobs as array {previous_id} (logs in '
+            f'{root / "slurm"}); rerun this command to see what is finished', file=out)
+      counts['submitted'] = counts.get('submitted', 0) + len(submitted)
+      continue
+    for job, handle in zip(wave, submitted):
+      outcome = handle.result()
+      finished += 1
+      counts[outcome.split(' ')[0]] = counts.get(outcome.split(' ')[0], 0) + 1
+      print(f'[{finished}/{len(todo)}] {job.row.name} seed{job.seed}: {outcome}', file=out,
+            flush=True)
   return counts
 
 
@@ -553,6 +614,7 @@ def main(argv: Sequence[str]) -> int:
     check_overrides(FLAGS.config, sweep)
     root = Path(FLAGS.root) if FLAGS.root else default_root(FLAGS.config, FLAGS.sweep)
     jobs = make_jobs(FLAGS.config, sweep, FLAGS.seeds, root)
+    stages(jobs)  # refuses rows that wait for each other
     check_recorded_jobs(jobs)
     if FLAGS.launcher == 'local' and FLAGS.parallel > 1 and on_tpu_vm():
       raise SweepError(f'--parallel={FLAGS.parallel}: one process holds a TPU; use --parallel=1')
