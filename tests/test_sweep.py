@@ -148,6 +148,8 @@ def test_slurm_path_runs_through_submitit_local_executor(tmp_path, config_file):
     (['--sweep=bad_type'], 'seq_len'),
     (['--sweep=same_folder'], 'two jobs would share the workdir'),
     (['--sweep=tiny', '--launcher=slurm'], 'use --launcher=local'),
+    (['--sweep=tiny', '--set=seq_len=long'], "--set=seq_len=long: invalid literal"),
+    (['--sweep=same_folder', '--set=seq_len=8'], "row 'a' of sweep 'same_folder' sets it too"),
 ])
 def test_bad_sweeps_are_refused_in_one_line_before_anything_is_written(tmp_path, config_file,
                                                                         args, named):

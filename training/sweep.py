@@ -219,6 +219,52 @@ def configs_with_sweeps() -> list[str]:
           if 'def get_sweep' in p.read_text(encoding='utf-8')]
 
 
+def _coerce(current: Any, text: str, key: str) -> Any:
+  """`text` (from --set) as the type of the config's current value."""
+  try:
+    if isinstance(current, bool):
+      if text.lower() not in ('true', 'false', '1', '0'):
+        raise ValueError('expected true or false')
+      return text.lower() in ('true', '1')
+    if isinstance(current, int):
+      return int(text)
+    if isinstance(current, float):
+      return float(text)
+    if isinstance(current, tuple):
+      return tuple(t for t in text.split(',') if t)
+  except ValueError as e:
+    raise SweepError(f'--set={key}={text}: {e} (the config\'s value is {current!r})') from e
+  return text
+
+
+def with_common_overrides(config_spec: str, sweep: Sweep, sets: Sequence[str]) -> Sweep:
+  """`sweep` with `--set=key=value` overrides added to every row (typed as the config's)."""
+  if not sets:
+    return sweep
+  path, arg = split_config_spec(config_spec)
+  config = _import_config_module(path).get_config(arg)
+  common = []
+  for item in sets:
+    key, sep, text = item.partition('=')
+    if not sep or not key:
+      raise SweepError(f'--set={item}: expected --set=<config key>=<value>')
+    node = config
+    for part in key.split('.'):
+      if not hasattr(node, 'keys') or part not in node:
+        raise SweepError(f'--set={item}: the config has no key {key!r} (python train.py '
+                         f'--config={config_spec} --show_config lists every key)')
+      node = node[part]
+    common.append((key, _coerce(node, text, key)))
+  rows = []
+  for row in sweep.rows:
+    clash = sorted({k for k, _ in common} & {k for k, _ in row.overrides})
+    if clash:
+      raise SweepError(f'--set {", ".join(clash)}: row {row.name!r} of sweep {sweep.name!r} '
+                       'sets it too')
+    rows.append(dataclasses.replace(row, overrides=(*common, *row.overrides)))
+  return dataclasses.replace(sweep, rows=tuple(rows))
+
+
 def check_overrides(config_spec: str, sweep: Sweep) -> None:
   """Every row's overrides exist in the config and have its types (nothing is run)."""
   path, arg = split_config_spec(config_spec)
@@ -562,6 +608,8 @@ def _flags():
   f.DEFINE_string('config', None, 'Task config with presets, as for train.py: '
                   'configs/<task>.py[:key=value,...]. Its get_sweep(arg) defines the sweeps.')
   f.DEFINE_string('sweep', None, 'Name of the sweep in the config (an unknown name lists them).')
+  f.DEFINE_multi_string('set', [], 'key=value: a config override for every job of the sweep '
+                        '(e.g. --set=data.dir=DATA/wikitext-103); repeat for several.')
   f.DEFINE_integer('seeds', 3, 'Seeds per row: config.seed = 0 … seeds−1.', lower_bound=1)
   f.DEFINE_string('root', None, 'Folder of the sweep (one workdir per row and seed). Default: '
                   'sweeps/<config>-<presets>-<sweep>. Report: the folder to report on.')
@@ -610,7 +658,7 @@ def main(argv: Sequence[str]) -> int:
     if not FLAGS.config or not FLAGS.sweep:
       raise SweepError('--config and --sweep are required (configs with sweeps: '
                        f'{", ".join(configs_with_sweeps()) or "none"})')
-    sweep = load_sweep(FLAGS.config, FLAGS.sweep)
+    sweep = with_common_overrides(FLAGS.config, load_sweep(FLAGS.config, FLAGS.sweep), FLAGS.set)
     check_overrides(FLAGS.config, sweep)
     root = Path(FLAGS.root) if FLAGS.root else default_root(FLAGS.config, FLAGS.sweep)
     jobs = make_jobs(FLAGS.config, sweep, FLAGS.seeds, root)
