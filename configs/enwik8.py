@@ -5,8 +5,8 @@
 
 `data.dir` holds the official 100,000,000-byte `enwik8` (or Matt Mahoney's `enwik8.zip`), split
 90M/5M/5M by byte offset as Transformer-XL's `prep_enwik8.py` does, or separate
-`train.txt/valid.txt/test.txt` byte files for smaller corpora. Presets: `size=tiny|small|paper`,
-`attention=<kind>`, `steps=<N>`.
+`train.txt/valid.txt/test.txt` byte files for smaller corpora. Presets:
+`size=tiny|cpu|small|paper`, `attention=<kind>`, `steps=<N>`.
 
 size=paper mirrors the 12-layer Transformer-XL recipe (Dai et al. 2019, "Transformer-XL:
 Attentive Language Models Beyond a Fixed-Length Context", arXiv:1901.02860; the authors'
@@ -20,14 +20,18 @@ Self-Attention", arXiv:1808.04444), **1.11 BPC with 44M parameters** (fixed 512-
 with auxiliary losses we do not use). Evaluation here slides 512-byte windows scoring the last
 64 bytes of each (`eval_context_window` 448).
 size=small: 4 layers × 256, 256-byte segments. size=tiny: 2 layers × 128, a smoke test.
+size=cpu: 2 layers × 64 (2 heads, FFN 256), 128-byte segments, batch 32, 1,250 updates: 5.12M
+bytes per run, the model of the CPU byte-level comparison (`--sweep=kinds`, evaluated on
+non-overlapping 128-byte windows, context window 0).
 
 Sweeps (`python -m training.sweep --config=configs/enwik8.py:size=... --sweep=NAME`):
   dagpam  softmax, parameter-matched softmax, daGPAM (fixed and trainable λ), DIFF. The daGPAM
           paper (Heo & Choi 2024, arXiv:2410.15578) reports an average gain of about
           **−0.0055 BPC** on enwik8 (absolute numbers not recovered; one run each).
   lambda  daGPAM over a fixed (λ⁺, λ⁻) grid.
-  kinds   every kind on the same small model and token budget (the CPU byte-level comparison:
-          point data.dir at WikiText-2's train.txt/valid.txt/test.txt read as bytes).
+  kinds   every kind on the same model and token budget; the CPU byte-level comparison is
+          `--config=configs/enwik8.py:size=cpu --sweep=kinds --set=data.dir=WIKITEXT2` (its
+          train.txt/valid.txt/test.txt read as bytes, an enwik8 stand-in).
 """
 
 from configs import common
@@ -66,8 +70,16 @@ def get_config(arg: str | None = None):
     c.seq_len, c.batch_size, c.train_steps = 128, 16, 200
     c.eval_context_window = 64
     c.log_every, c.eval_every, c.checkpoint_every, c.eval_batches = 25, 100, 100, 20
+  elif args.size == 'cpu':
+    m.num_layers, m.d_model, m.num_heads, m.d_ff = 2, 64, 2, 256
+    m.max_len = 128
+    o.name, o.learning_rate, o.schedule, o.warmup_steps = 'adam', 2e-3, 'cosine', 50
+    o.grad_clip_norm = 1.0
+    c.seq_len, c.batch_size, c.train_steps = 128, 32, 1250    # 5.12M bytes seen
+    c.eval_context_window = 0
+    c.log_every, c.eval_every, c.checkpoint_every, c.eval_batches = 50, 250, 250, 20
   else:
-    raise ValueError(f'size={args.size!r}: expected tiny, small or paper')
+    raise ValueError(f'size={args.size!r}: expected tiny, cpu, small or paper')
   common.apply_common_args(c, args)
   return c
 
