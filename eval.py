@@ -2,7 +2,7 @@
 
 Usage (language models):
   python eval.py --workdir=W [--checkpoint=best|last|STEP] [--split=valid|test]
-                 [--context_window=N] [--batch_size=B]
+                 [--context_window=N] [--batch_size=B] [--override=KEY=VALUE ...]
 Usage (translation):
   python eval.py --workdir=W --split=test [--beam=5] [--lenpen=1.0 | --alpha=0.6]
                  [--max_len_a=A --max_len_b=B] [--average_last=N | --checkpoint=...]
@@ -22,9 +22,24 @@ The hypotheses are written one per line to W/eval/<split>-<checkpoint>-<protocol
 line holds the three BLEUs (tokenized as multi-bleu.perl, tokenized with compound splitting,
 sacreBLEU with its signature; training/bleu.py), the split's loss, and the protocol.
 
+Inference-time settings (`--override=KEY=VALUE`, repeatable; training/eval_overrides.py): one
+checkpoint evaluated at several attention settings without retraining, e.g. SEA at another k:
+  python eval.py --workdir=W --override=attention.sea.k=16 [--override=attention.impl=pallas]
+Accepted keys (the settings that leave every parameter's shape and meaning alone):
+attention.impl, attention.block_q, attention.block_k, attention.sea.k, attention.sea.inference,
+attention.sea.query_chunk_size, attention.topk.k, attention.topk.query_chunk_size,
+attention.performer.chunk_size. Any other key, a value of the wrong type or out of range, or a
+key of a kind the model does not use is refused before anything is loaded. The overrides are set
+on the workdir's config before the model is built, recorded in the line (`overrides`, {} when
+none) and in the file names, as sorted `-<key without "attention.">=<value>` suffixes
+(W/eval/valid-400-cw0-sea.k=16.json), so settings never overwrite one another; without
+overrides the names are as above. Every evaluation's line also holds `peak_memory_bytes`: the
+most device memory the process held at once (the allocator's peak), or null where the backend
+does not report one (CPU).
+
 Analysis (`--analysis=norms|alignment|collapse|maps`, the library in analysis/): one JSON line,
 and under W/analysis/ the JSON, the arrays (.npz) and the pictures (.png) of
-<analysis>-<split or text>-step<N>:
+<analysis>-<split or text>-step<N>[<override suffix>]:
   norms      the norm-based analysis of every attention layer (Kobayashi et al. 2020,
              arXiv:2004.10102): weights vs ‖α f(x)‖ per token category, mixing ratios
              (Kobayashi et al. 2021, arXiv:2109.07152), Spearman correlations, maps of example 0
@@ -54,7 +69,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from training import cli
+from training import cli, eval_overrides
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (holds config.json and checkpoints/).',
                                required=True)
@@ -89,6 +104,10 @@ _GOLD = flags.DEFINE_string('gold_file', None, 'Alignment: gold links, 1-based i
 _SOURCE = flags.DEFINE_string('source_file', None, 'Alignment: the gold source sentences, '
                               'whitespace-tokenized words (BPE tokens for a BPE model).')
 _TARGET = flags.DEFINE_string('target_file', None, 'Alignment: the gold target sentences.')
+_OVERRIDE = flags.DEFINE_multi_string(
+    'override', [], 'KEY=VALUE: an inference-time attention setting that replaces the '
+    'workdir\'s (repeatable), e.g. --override=attention.sea.k=16; recorded in the JSON line and '
+    'the file names. Accepted keys: ' + eval_overrides.accepted() + '.')
 
 
 LM_FLAGS = ('context_window', 'batch_size')
@@ -190,14 +209,20 @@ def _load(workdir: Path, checkpoint: str, average_last: int | None, *, config=No
 
 
 def run(workdir: Path, checkpoint: str, split: str, context_window: int | None,
-        batch_size: int | None, average_last: int | None = None) -> dict:
-  """Scores a language model's checkpoint on `split`; the dict eval.py prints."""
+        batch_size: int | None, average_last: int | None = None, *, config=None,
+        overrides: dict | None = None) -> dict:
+  """Scores a language model's checkpoint on `split`; the dict eval.py prints.
+
+  `config` (default: the workdir's) carries `overrides` already applied
+  (training/eval_overrides.py); they name the output file and are recorded in the dict.
+  """
   import jax  # pylint: disable=g-import-not-at-top (keeps --help fast)
   from training import evaluate, steps
   from training.metric_log import json_safe
 
+  overrides = overrides or {}
   config, data, graphdef, rest, params, mesh, label, chosen = _load(workdir, checkpoint,
-                                                                     average_last)
+                                                                     average_last, config=config)
   step = chosen[-1]
   cw = config.eval_context_window if context_window is None else context_window
   bs = batch_size or config.batch_size
@@ -211,26 +236,32 @@ def run(workdir: Path, checkpoint: str, split: str, context_window: int | None,
   result = {'split': split, 'metric': data.metric, 'value': out.get(data.metric, out['loss']),
             **out, 'checkpoint': label, 'step': step, 'steps': chosen,
             'protocol': {'seq_len': config.seq_len, 'context_window': cw,
-                         'stride': config.seq_len - cw, 'data': config.data.name}}
+                         'stride': config.seq_len - cw, 'data': config.data.name},
+            'overrides': overrides, 'peak_memory_bytes': evaluate.peak_memory_bytes()}
   result = json_safe(result)
   out_dir = workdir / 'eval'
   out_dir.mkdir(exist_ok=True)
-  (out_dir / f'{split}-{label if average_last else step}-cw{cw}.json').write_text(
-      json.dumps(result, indent=2, allow_nan=False) + '\n')
+  name = f'{split}-{label if average_last else step}-cw{cw}{eval_overrides.file_tag(overrides)}'
+  (out_dir / f'{name}.json').write_text(json.dumps(result, indent=2, allow_nan=False) + '\n')
   return result
 
 
 def run_translation(workdir: Path, checkpoint: str, split: str, *, beam: int | None = None,
                     lenpen: float | None = None, alpha: float | None = None,
                     max_len_a: float | None = None, max_len_b: int | None = None,
-                    average_last: int | None = None) -> dict:
-  """Translates `split` with a translation checkpoint and scores it; the dict eval.py prints."""
+                    average_last: int | None = None, config=None,
+                    overrides: dict | None = None) -> dict:
+  """Translates `split` with a translation checkpoint and scores it; the dict eval.py prints.
+
+  `config` and `overrides` as in `run`.
+  """
   import jax  # pylint: disable=g-import-not-at-top (keeps --help fast)
   from training import evaluate, steps, translate
   from training.metric_log import json_safe
 
+  overrides = overrides or {}
   config, data, graphdef, rest, params, mesh, label, chosen = _load(workdir, checkpoint,
-                                                                     average_last)
+                                                                     average_last, config=config)
   settings = translate.DecodeSettings.from_config(config.decode, beam_size=beam, lenpen=lenpen,
                                                   alpha=alpha, max_len_a=max_len_a,
                                                   max_len_b=max_len_b)
@@ -245,7 +276,8 @@ def run_translation(workdir: Path, checkpoint: str, split: str, *, beam: int | N
                            progress=progress, desc=f'loss {split}')
   protocol = settings.describe()
   tag = (f'{split}-{label}-beam{settings.beam_size}-{settings.length_penalty.kind}'
-         f'{settings.length_penalty.value:g}-a{settings.max_len_a:g}-b{settings.max_len_b}')
+         f'{settings.length_penalty.value:g}-a{settings.max_len_a:g}-b{settings.max_len_b}'
+         f'{eval_overrides.file_tag(overrides)}')
   out_dir = workdir / 'eval'
   out_dir.mkdir(exist_ok=True)
   hyp_path = out_dir / f'{tag}.hyp'
@@ -255,7 +287,8 @@ def run_translation(workdir: Path, checkpoint: str, split: str, *, beam: int | N
             'perplexity': loss['perplexity'], 'hypotheses': str(hyp_path),
             'checkpoint': label, 'steps': chosen,
             'protocol': {**protocol, 'direction': f'{data.src_lang}-{data.tgt_lang}',
-                         'text_level': data.text_level, 'data': config.data.name}}
+                         'text_level': data.text_level, 'data': config.data.name},
+            'overrides': overrides, 'peak_memory_bytes': evaluate.peak_memory_bytes()}
   result = json_safe(result)
   (out_dir / f'{tag}.json').write_text(json.dumps(result, indent=2, allow_nan=False) + '\n')
   return result
@@ -264,16 +297,20 @@ def run_translation(workdir: Path, checkpoint: str, split: str, *, beam: int | N
 def run_analysis(workdir: Path, analysis: str, checkpoint: str, split: str, *,
                  num_examples: int | None = None, text: str | None = None,
                  gold_file: str | None = None, source_file: str | None = None,
-                 target_file: str | None = None) -> dict:
-  """Runs one analysis (analysis/report.py) on a checkpoint; the dict eval.py prints."""
+                 target_file: str | None = None, config=None,
+                 overrides: dict | None = None) -> dict:
+  """Runs one analysis (analysis/report.py) on a checkpoint; the dict eval.py prints.
+
+  `config` and `overrides` as in `run`.
+  """
   from flax import nnx  # pylint: disable=g-import-not-at-top (keeps --help fast)
   from analysis import inputs as inputs_lib, report
   from training import builders, workdir as wd
   from training.metric_log import json_safe
 
-  config = wd.load_config(workdir)
-  if config.attention.kind == 'dagpam' or any(
-      config.model.get(f'{r}_attention') == 'dagpam' for r in ('encoder', 'decoder', 'cross')):
+  overrides = overrides or {}
+  config = config or wd.load_config(workdir)
+  if 'dagpam' in eval_overrides.attention_kinds(config):
     config.attention.dagpam.sow_branches = True  # P⁺, P⁻ for the branch decomposition
   translation = config.get('task', 'lm') == 'translation'
   gold = None
@@ -294,9 +331,10 @@ def run_analysis(workdir: Path, analysis: str, checkpoint: str, split: str, *,
                                                         config=config, data=data)
   model = nnx.merge(graphdef, params, rest)
   step = chosen[-1]
-  name = report.output_name(analysis, 'text' if text is not None else split, step)
+  name = (report.output_name(analysis, 'text' if text is not None else split, step)
+          + eval_overrides.file_tag(overrides))
   meta = {'checkpoint': checkpoint, 'step': step, 'split': None if text else split,
-          'text': text, 'data': config.data.name}
+          'text': text, 'data': config.data.name, 'overrides': overrides}
   if analysis == 'norms':
     out = report.norms(model, batches, info, name=name, meta=meta)
   elif analysis == 'maps':
@@ -323,19 +361,23 @@ def main(argv):
   with cli.user_errors():
     config = wd.load_config(workdir)
     check_flags(config, given)
+    overrides = eval_overrides.parse(_OVERRIDE.value, config)
+    eval_overrides.apply(config, overrides)
+    eval_overrides.check_model(config, overrides)  # out-of-range values, before any loading
     if _ANALYSIS.value:
       result = run_analysis(workdir, _ANALYSIS.value, _CHECKPOINT.value, _SPLIT.value,
                             num_examples=_NUM_EXAMPLES.value, text=_TEXT.value,
                             gold_file=_GOLD.value, source_file=_SOURCE.value,
-                            target_file=_TARGET.value)
+                            target_file=_TARGET.value, config=config, overrides=overrides)
     elif config.get('task', 'lm') == 'translation':
       result = run_translation(workdir, _CHECKPOINT.value, _SPLIT.value, beam=_BEAM.value,
                                lenpen=_LENPEN.value, alpha=_ALPHA.value,
                                max_len_a=_MAX_LEN_A.value, max_len_b=_MAX_LEN_B.value,
-                               average_last=_AVERAGE.value)
+                               average_last=_AVERAGE.value, config=config,
+                               overrides=overrides)
     else:
       result = run(workdir, _CHECKPOINT.value, _SPLIT.value, _CONTEXT.value, _BATCH.value,
-                   average_last=_AVERAGE.value)
+                   average_last=_AVERAGE.value, config=config, overrides=overrides)
   print(json.dumps(result, allow_nan=False), flush=True)
 
 

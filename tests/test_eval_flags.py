@@ -43,6 +43,9 @@ LM, MT = ('wikitext103', 'size=tiny'), ('iwslt14', 'size=tiny')
     (MT, ['--beam=0'], '--beam=0'),
     (MT, ['--lenpen=1', '--alpha=0.6'], 'not both'),
     (MT, ['--max_len_a=-1'], '--max_len_a=-1'),
+    (LM, ['--override=model.d_model=64'], 'model.d_model cannot change after training'),
+    (LM, ['--override=attention.sea.k=8'], 'attention.sea.* has no effect'),  # a softmax LM
+    (MT, ['--override=attention.topk.k'], 'expected KEY=VALUE'),
 ])
 def test_flags_are_checked_before_loading(tmp_path, task, flags, named):
   workdir = _workdir(tmp_path, *task)

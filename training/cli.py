@@ -30,7 +30,7 @@ def fail(message: str, code: int = EXIT_REFUSED) -> None:
 
 def _config_files(repo: Path) -> str:
   return ', '.join(f'configs/{p.name}' for p in sorted((repo / 'configs').glob('*.py'))
-                   if p.name not in ('__init__.py', 'common.py'))
+                   if p.name not in ('__init__.py', 'common.py', 'sweeps.py'))
 
 
 def _check_config_file(argv: list[str], repo: Path) -> None:
@@ -93,10 +93,16 @@ def parse_flags(argv: list[str]) -> list[str]:
 @contextlib.contextmanager
 def user_errors():
   """Turns the errors that mean "your input was refused" into one line and exit 2."""
-  from training.checkpoints import CheckpointError  # pylint: disable=g-import-not-at-top
   try:
     yield
-  except (ValueError, FileNotFoundError, CheckpointError) as e:
+  except (ValueError, FileNotFoundError) as e:
+    fail(str(e))
+  except RuntimeError as e:
+    # A CheckpointError can only come from an imported training.checkpoints; importing it here
+    # would cost every refusal made before anything is loaded the JAX import (seconds).
+    checkpoints = sys.modules.get('training.checkpoints')
+    if checkpoints is None or not isinstance(e, checkpoints.CheckpointError):
+      raise
     fail(str(e))
   except KeyboardInterrupt:
     print('interrupted before anything was written', file=sys.stderr)

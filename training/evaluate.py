@@ -62,3 +62,16 @@ def evaluate(eval_step, params, batches: Iterable[dict], mesh, *, metric: str,
   if not totals:
     raise ValueError('evaluation saw no batches: the split is empty')
   return summarize(totals['loss_sum'], totals['weight'], metric, totals.get('correct'))
+
+
+def peak_memory_bytes() -> int | None:
+  """The most device memory this process has held at once (the allocator's
+  `peak_bytes_in_use`, the largest over the local devices), or None where the backend does not
+  report it: `memory_stats()` is None on CPU."""
+  peaks = []
+  for device in jax.local_devices():
+    stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
+    if not stats or 'peak_bytes_in_use' not in stats:
+      return None
+    peaks.append(int(stats['peak_bytes_in_use']))
+  return max(peaks) if peaks else None

@@ -116,7 +116,7 @@ class Sweep:
 
 
 def split_config_spec(spec: str) -> tuple[Path, str | None]:
-  """`configs/x.py:size=tiny` → (path, 'size=tiny'); the path resolved from here or the repo."""
+  """`configs/enwik8.py:size=tiny` → (path, 'size=tiny'); the path resolved from here or the repo."""
   path, _, arg = spec.partition(':')
   candidates = [Path(path), REPO / path]
   found = next((p for p in candidates if p.is_file()), None)
