@@ -10,8 +10,10 @@ softmax Jacobians, the trade-off their Lemma 3 states. Here, for one batch and t
   grad_wq      ‖∂L/∂W_Q‖_F of each attention layer's query projection kernel
   grad_scores  ‖∂L/∂S‖_F of the scaled scores S = QKᵀ/√d (+ prior) of each layer, for the
                cores that form them (softmax; daGPAM: both branches, √(‖·‖²⁺ + ‖·‖²⁻); DIFF:
-               its 2·N/2 half-head score maps); None for Performer and SEA (no score matrix)
-               and top-k (its custom backward forms the scores internally).
+               its 2·N/2 half-head score maps; NON and NAP: the scores their maps are made
+               of; CoDA: the scores of its tanh affinity, not its L1-distance gate); None
+               for Performer and SEA (no score matrix) and top-k (its custom backward forms
+               the scores internally).
 
 `pure_attention_stack` runs the LM's attention layers one after the other on the embeddings,
 with no residual connection, no FFN and no LayerNorm: the self-attention network (SAN) of

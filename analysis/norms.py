@@ -33,6 +33,14 @@ Per kind, what is decomposed:
   layer's actual output, but the contribution of j is measured with the normaliser that all
   keys together produced (as the LayerNorm treatment of Kobayashi et al. 2021).
   `transformed_norm` is then ‖(g ⊙ v_j) W_O‖, without the query's factor.
+* NON, NAP, CoDA: the map that multiplies the values (NON's includes its 1/√n_i), so the
+  decomposition is exact; it is signed and its rows do not sum to 1 (NON's and NAP's are not
+  even bounded). |α|‖f‖ is still the length of what key j adds (or, with α < 0, takes away),
+  the -N mixing ratios compare vectors and ATTN-W compares |ᾱ| within a row, so these keep
+  their meaning. Two weight-based numbers do not: a category's summed α ('weight') can be
+  negative or exceed 1, so it is no share of the attention; and ATTNRES-W's 0.5ᾱ + 0.5I
+  assumes rows that sum to 1 (Abnar & Zuidema's residual), so for these maps it mixes the
+  residual in at an arbitrary relative scale. Read 'norm', 'share' and the -N ratios here.
 * Performer: the implied map of its kernel features; the output is exactly that map times V,
   so the decomposition is exact, but the map is an estimate of softmax attention
   (`"weights": "estimate"` in the JSON).

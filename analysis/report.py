@@ -28,7 +28,7 @@ from analysis import norms as norms_lib
 from analysis import plots
 
 ANALYSES = ('norms', 'alignment', 'collapse', 'maps')
-SIGNED_KINDS = ('dagpam', 'diff')
+SIGNED_KINDS = ('dagpam', 'diff', 'non', 'nap', 'coda')
 PUNCTUATION = ('.', ',')      # Kobayashi et al. 2020 §4: "." and "," only
 FREQUENT_WORDS = 20           # the category 'frequent': the most frequent words of the data
 

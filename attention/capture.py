@@ -81,8 +81,9 @@ def attention_maps(module: nnx.Module, *args, method: Callable | None = None,
 
   `module` is a model (keys like 'layers.0.self_attention', 'decoder_layers.1.cross_attention')
   or a single core (key ''). The weights are what each core sows as 'attention_weights': the
-  softmax map, daGPAM's signed map P, DIFF's differential map, top-k's sparse map, and the
-  implied map of Performer and SEA (an estimate: attention/registry.py says which are exact).
+  softmax map, daGPAM's signed map P, DIFF's differential map, top-k's sparse map, the
+  signed, unnormalised maps of NON, NAP and CoDA, and the implied map of Performer and SEA
+  (an estimate: attention/registry.py says which are exact).
   """
   _, sown = intermediates(module, *args, method=method, **kwargs)
   return {layer_path(path): value

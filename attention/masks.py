@@ -537,6 +537,24 @@ def causal_padding_parts(mask: Mask | None, *, kind: str) -> CausalPadding:
   return CausalPadding(is_causal, valid_q, valid_k)
 
 
+def allowed_keys(mask: Mask | None, shape: Sequence[int]) -> jnp.ndarray:
+  """`mask` as a dense bool array broadcast to `shape` = `[B, N, T, S]` (all True for None)."""
+  *_, q_len, kv_len = shape
+  m = jnp.ones((), bool) if mask is None else mask.dense(q_len, kv_len)
+  return jnp.broadcast_to(m, tuple(shape))
+
+
+def row_mean(x: jnp.ndarray, allowed: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """(mean over the keys each query may see `[.., T, 1]`, their number `[.., T, 1]`).
+
+  `x, allowed: [.., T, S]`. Keys outside the mask do not enter (whatever `x` holds there); a
+  query that sees no key has mean 0 and count 0, with a finite gradient.
+  """
+  count = jnp.sum(allowed, axis=-1, keepdims=True).astype(x.dtype)
+  total = jnp.sum(jnp.where(allowed, x, jnp.zeros((), x.dtype)), axis=-1, keepdims=True)
+  return total / jnp.maximum(count, 1), count
+
+
 def _as_bool_array(array: Any, source: str) -> np.ndarray:
   a = np.asarray(array)
   if a.ndim not in (2, 3):

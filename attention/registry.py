@@ -14,19 +14,20 @@ back with `attention.capture.attention_maps(model, …)` (under `nnx.capture`, s
 on the module), and the model has one code path. What each core sows when asked:
 
   every core   'attention_weights' [B, N, T, S]: the map that multiplies the values, so that
-               context_i = Σ_j w_ij v_j. Exact for softmax, daGPAM (signed), top-k (sparse)
-               and Performer (the implied, normalised kernel map: the output is exactly this
-               map times V); SEA's is its sparse branch σ(s_prob)·P, which its output mixes
-               with an average branch, so it is an estimate of how SEA mixes its values.
+               context_i = Σ_j w_ij v_j. Exact for softmax, daGPAM (signed), top-k (sparse),
+               NON, NAP and CoDA (signed, rows not summing to 1) and Performer (the implied,
+               normalised kernel map: the output is exactly this map times V); SEA's is its
+               sparse branch σ(s_prob)·P, which its output mixes with an average branch, so
+               it is an estimate of how SEA mixes its values.
   daGPAM       with `attention.dagpam.sow_branches`: P⁺, P⁻ as 'positive_weights' /
                'negative_weights' and (c⁺, c⁻) as 'branch_coefficients', P = c⁺P⁺ − c⁻P⁻.
   DIFF         'query_scale' [B, N/2, T] and 'value_scale' [2d]: its per-head RMSNorm makes
                context_i = query_scale_i · Σ_j w_ij (value_scale ⊙ v_j), exact per query.
   SEA          'estimate', 'estimate_log_probs', 'dense_log_probs' (attention/sea.py).
 The layer around the core sows 'values' (v with its bias) and 'context' (the core's output).
-Cores that form dense scores (softmax, daGPAM's two branches, DIFF) also mark them with
-`perturb('scores', s)` while sowing under `nnx.capture`, so `attention.capture.score_gradients`
-gives ∂loss/∂scores.
+Cores that form dense scores (softmax, daGPAM's two branches, DIFF, NON, NAP, CoDA's affinity)
+also mark them with `perturb('scores', s)` while sowing under `nnx.capture`, so
+`attention.capture.score_gradients` gives ∂loss/∂scores.
 
 Building one core by hand (tests, notebooks) needs no ConfigDict:
 
@@ -71,7 +72,7 @@ _CORES: dict[str, type[nnx.Module]] = {}
 
 # Modules that register cores when imported. A variant added in its own file is listed here.
 _CORE_MODULES = ('attention.softmax', 'attention.dagpam', 'attention.diff', 'attention.performer',
-                 'attention.topk', 'attention.sea')
+                 'attention.topk', 'attention.sea', 'attention.non_nap', 'attention.coda')
 
 
 def accumulation_dtype(*inputs) -> jnp.dtype:
@@ -136,6 +137,17 @@ def check_implementation(config: ml_collections.ConfigDict, kind: str,
     raise ValueError(f'attention.impl={config.impl!r} is not available for attention.kind={kind}; '
                      f'choose one of: {", ".join(implementations)}')
   return config.impl
+
+
+def check_shapes(kind: str, num_heads: int, head_dim: int, q, k, v) -> None:
+  """A ValueError naming `attention.kind=<kind>` unless `q: [B, T, N, H]` and `k, v: [B, S, N, H]`
+  with the core's N = `num_heads` and H = `head_dim`."""
+  expected = (num_heads, head_dim)
+  if any(x.ndim != 4 or x.shape[2:] != expected or x.shape[0] != q.shape[0]
+         for x in (q, k, v)) or k.shape[1] != v.shape[1]:
+    raise ValueError(f'attention.kind={kind} expects q [B, T, {num_heads}, {head_dim}] and '
+                     f'k, v [B, S, {num_heads}, {head_dim}] (BTNH); got q {tuple(q.shape)}, '
+                     f'k {tuple(k.shape)}, v {tuple(v.shape)}')
 
 
 def check_choice(kind: str, option: str, value, choices) -> None:

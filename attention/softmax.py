@@ -58,6 +58,18 @@ def attention_weights(q: jnp.ndarray, k: jnp.ndarray, mask: Mask | None = None,
   `scores_hook` sees the scaled, score-modded scores `[B, N, T, S]` before the mask and returns
   what the softmax uses (a core passes `perturb` there to expose ∂loss/∂scores, capture.py).
   """
+  s = scaled_scores(q, k, score_mod, scores_hook=scores_hook)
+  m = None if mask is None else mask.dense(q.shape[1], k.shape[1])
+  return jax.nn.softmax(s, axis=-1, where=m)
+
+
+def scaled_scores(q: jnp.ndarray, k: jnp.ndarray, score_mod: ScoreMod | None = None, *,
+                  scores_hook: Callable[[jnp.ndarray], jnp.ndarray] | None = None
+                  ) -> jnp.ndarray:
+  """s = q·kᵀ/√H (+ score mod) `[B, N, T, S]` in `accumulation_dtype(q, k)`, before any mask.
+
+  The scores every dense core starts from; `scores_hook` as in `attention_weights`.
+  """
   scale = q.shape[-1] ** -0.5
   # At least float32 logits, even for bfloat16 inputs: the products of bf16 numbers are exact
   # in fp32, so only the accumulation rounds. float64 inputs keep float64 throughout.
@@ -67,8 +79,7 @@ def attention_weights(q: jnp.ndarray, k: jnp.ndarray, mask: Mask | None = None,
     s = score_mod(s)
   if scores_hook is not None:
     s = scores_hook(s)
-  m = None if mask is None else mask.dense(q.shape[1], k.shape[1])
-  return jax.nn.softmax(s, axis=-1, where=m)
+  return s
 
 
 def scores_probe(core: nnx.Module, sow_weights: bool, name: str = 'scores'):

@@ -32,6 +32,9 @@ SWEEP_KINDS = {
     'topk': {'attention.topk.k': 8},
     'sea': {'attention.sea.distill': False, 'attention.sea.predictor_length': 32,
             'attention.sea.k': 8},
+    'non': {},
+    'nap': {},
+    'coda': {},
 }
 
 

@@ -114,6 +114,7 @@ def _kinds_sweep() -> dict:
                                 ('topk', {'attention.topk.k': 32}),
                                 ('sea', {'attention.sea.distill': False,
                                          'attention.sea.predictor_length': 64,
-                                         'attention.sea.k': 32}))]
+                                         'attention.sea.k': 32}),
+                                ('non', {}), ('nap', {}), ('coda', {}))]
   return {'doc': 'Every kind on one model and token budget, byte-level; BPC on the test split.',
           'rows': rows, 'evals': [{'name': 'test', 'flags': ['--split=test']}]}

@@ -12,6 +12,10 @@ comparisons the papers make, so that every task states them the same way.
   comes closest; the report's parameters column shows both counts).
 - `lambda_grid_rows`: daGPAM over a (λ⁺, λ⁻) grid with fixed λ, the sensitivity study the paper
   does not report.
+- `gpam_alternatives_rows`: the attention variants of the daGPAM paper's Table 1 (PTB): softmax,
+  daGPAM with trainable λ, NON and NAP (Richter & Wattenhofer 2020, "Normalized Attention
+  Without Probability Cage", arXiv:2005.09561) and CoDA (Tay et al. 2019, "Compositional
+  De-Attention Networks", NeurIPS).
 - `sea_rows`: a softmax teacher, SEA distilled from it (Lee et al. 2024, "SEA: Sparse Linear
   Attention with Estimated Attention Mask", arXiv:2310.01777), Performer and top-k at the same
   budget of kept keys, and the SEA checkpoint evaluated at several k without retraining.
@@ -68,6 +72,15 @@ def lambda_grid_rows(values=(0.25, 0.5, 1.0)) -> list[dict]:
            'attention.kind': 'dagpam', 'attention.dagpam.lambda_pos': lp,
            'attention.dagpam.lambda_neg': ln}
           for ln in values for lp in values]
+
+
+def gpam_alternatives_rows() -> list[dict]:
+  return [{'name': 'softmax', 'attention.kind': 'softmax'},
+          {'name': 'dagpam-trainable', 'attention.kind': 'dagpam',
+           'attention.dagpam.trainable_lambdas': True},
+          {'name': 'non', 'attention.kind': 'non'},
+          {'name': 'nap', 'attention.kind': 'nap'},
+          {'name': 'coda', 'attention.kind': 'coda'}]
 
 
 def sea_rows(k: int, predictor_length: int, eval_ks=(8, 16, 32, 64, 128)) -> tuple[list, list]:

@@ -34,6 +34,9 @@ Sweeps (`python -m training.sweep --config=configs/wikitext103.py:size=... --swe
           **25.96 → 25.33 test perplexity** (softmax → daGPAM, 8 layers); its average gain
           on WikiText-103 is about −0.5 perplexity. No seeds or variances are reported.
   lambda  daGPAM over a fixed (λ⁺, λ⁻) grid.
+  gpam_alternatives  softmax, daGPAM (trainable λ), NON, NAP and CoDA: the set of the daGPAM
+          paper's Table 1, which it ran on PTB (108.26 → 106.38 perplexity, softmax → daGPAM;
+          the alternatives "suffer severe degradation"; their numbers were not recovered).
   sea     a softmax teacher, SEA distilled from it, Performer and top-k at the same k, and the
           SEA checkpoint evaluated at several k without retraining (perplexity and memory
           against k).
@@ -107,6 +110,11 @@ def get_sweep(arg: str | None = None):
                  'rows': [dict(r, **extra) for r in sweeps_lib.lambda_grid_rows()]},
   }
   sweeps.update({'sea': _sea_sweep(config)})
+  sweeps['gpam_alternatives'] = {
+      'doc': 'The attention variants of the daGPAM paper\'s Table 1 (PTB there: softmax 108.26 '
+             '→ daGPAM with trainable λ 106.38 perplexity; NON, NAP and CoDA degrade, numbers '
+             'not recovered).', 'evals': test,
+      'rows': [dict(r, **extra) for r in sweeps_lib.gpam_alternatives_rows()]}
   return sweeps
 
 

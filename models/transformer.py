@@ -183,9 +183,10 @@ class MultiHeadAttention(nnx.Module):
     """Whether `decode_step` gives what the full causal call gives at that position.
 
     It needs a core that attends over an arbitrary key-padding mask exactly as over the causal
-    mask (the cores that declare `supports_decode_cache = True`) and no prior mask or bias,
+    mask (the cores that declare `supports_decode_cache = True`, on the class or, where an
+    option decides it as NON's `output_scale` does, on the instance) and no prior mask or bias,
     whose query positions would be shifted in a one-query call."""
-    return (getattr(type(self.core), 'supports_decode_cache', False)
+    return (getattr(self.core, 'supports_decode_cache', False)
             and self.prior_mask is None and self.score_mod is None)
 
   def init_cache(self, batch: int, max_len: int) -> dict[str, jax.Array]:

@@ -1,8 +1,8 @@
 """Floats follow the inputs (attention/registry.py): float64 q/k/v are computed in float64.
 
-Each dense core (softmax, dagpam, diff, topk) runs on float64 inputs against the float64 NumPy
-reference of its own test file, to 1e-12, with a causal and a padding mask; gradients are
-checked against float64 central differences. bfloat16 inputs still give bfloat16 outputs whose
+Each dense core (softmax, dagpam, diff, topk, non, nap, coda) runs on float64 inputs against the
+float64 NumPy reference of its own test file, to 1e-12, with a causal and a padding mask;
+gradients are checked against float64 central differences. bfloat16 inputs still give bfloat16 outputs whose
 scores were accumulated in float32.
 
 x64 is switched on only inside each test (`jax.enable_x64`), so other tests that share the
@@ -20,7 +20,7 @@ from flax import nnx
 import attention
 from attention import biases, masks
 from configs import common
-from tests import test_dagpam, test_diff, test_topk
+from tests import test_dagpam, test_diff, test_gpam_alternatives, test_topk
 from tests.test_softmax import reference_attention
 
 B, T = 2, 7      # batch, sequence length (self-attention, T = S)
@@ -51,6 +51,8 @@ SHAPES = {
                                 wq_neg_bias=True)),
     'diff': (4, 3, 2, 6, {}),
     'topk': (2, 4, 2, 4, dict(k=3, query_chunk_size=4)),   # T = 7: the last chunk overlaps
+    **{kind: (2, 4, 2, 4, test_gpam_alternatives.CONFIGS[kind][1])
+       for kind in ('non', 'nap', 'coda')},
 }
 KINDS = tuple(SHAPES)
 
@@ -60,6 +62,8 @@ def make_core(kind: str, seed: int = 0):
   core = build(kind, heads, head_dim, seed, **options)
   if kind == 'dagpam':
     test_dagpam.randomize(core, seed + 1)       # a general W_Q⁻, b_Q⁻ and λs
+  if kind == 'nap':
+    test_gpam_alternatives.randomize_nap(core, seed + 1)   # a general gain and bias per head
   if kind == 'diff':
     core.subln_scale[...] = jnp.asarray(
         np.random.default_rng(seed + 1).uniform(0.5, 1.5, core.subln_scale[...].shape),
@@ -117,6 +121,8 @@ def reference(kind: str, core, q, k, v, allowed, bias=None):
   if kind == 'topk':
     return test_topk.reference_topk(q, k, v, core.k, allowed,
                                     None if bias is None else (lambda s: s + bias))
+  if kind in ('non', 'nap', 'coda'):
+    return test_gpam_alternatives.reference_for(kind, core, q, k, v, allowed, bias)
   raise ValueError(kind)
 
 

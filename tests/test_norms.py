@@ -16,8 +16,8 @@ from configs import common
 from models.lm import TransformerLM
 from models.seq2seq import EncoderDecoder
 
-KINDS = ('softmax', 'dagpam', 'diff', 'topk', 'performer', 'sea')
-EXACT = ('softmax', 'dagpam', 'diff', 'topk', 'performer')
+KINDS = ('softmax', 'dagpam', 'diff', 'topk', 'performer', 'sea', 'non', 'nap', 'coda')
+EXACT = ('softmax', 'dagpam', 'diff', 'topk', 'performer', 'non', 'nap', 'coda')
 OPTIONS = {'sea': {'predictor_length': 8, 'k': 4}, 'topk': {'k': 4}}
 
 

@@ -81,9 +81,13 @@ def test_stepwise_decoding_equals_full_pass(kind, pre_norm):
   source, target_in = _batch(np.random.default_rng(0))
   full = model.log_probs(model(source, target_in))
   modes = ['recompute'] + (['incremental'] if kind in CACHED_KINDS else [])
+  # NAP divides each query's centred scores by σ + ε (ε = 1e-3): where a query's few scores
+  # are nearly equal, it amplifies the float32 rounding that differs between this eager full
+  # pass and the jitted steps by up to 1/ε (the eager and the jitted full pass differ as much).
+  atol = 1e-3 if kind == 'nap' else 2e-5
   for mode in modes:
     np.testing.assert_allclose(_stepwise_log_probs(model, source, target_in, mode), full,
-                               atol=2e-5, err_msg=f'{kind} {mode}')
+                               atol=atol, err_msg=f'{kind} {mode}')
   assert model.resolve_decode_mode('auto') == modes[-1]
 
 
@@ -97,7 +101,8 @@ def test_incremental_refused_where_no_cache():
   assert _model(c).resolve_decode_mode('auto') == 'recompute'
 
 
-@pytest.mark.parametrize('kind', ['softmax', 'dagpam', 'diff', 'topk', 'performer'])
+@pytest.mark.parametrize('kind', ['softmax', 'dagpam', 'diff', 'topk', 'performer', 'non', 'nap',
+                                  'coda'])
 def test_every_role_takes_its_kind(kind):
   c = _config('softmax', encoder=kind, decoder=kind, cross=kind)
   model = _model(c)
@@ -109,7 +114,7 @@ def test_every_role_takes_its_kind(kind):
   assert np.isfinite(np.asarray(hidden)).all()
 
 
-@pytest.mark.parametrize('kind', ['softmax', 'dagpam', 'performer'])
+@pytest.mark.parametrize('kind', ['softmax', 'dagpam', 'performer', 'non', 'nap', 'coda'])
 def test_source_padding_and_future_targets_are_invisible(kind):
   model = _model(_config(kind))
   rng = np.random.default_rng(2)
