@@ -226,3 +226,18 @@ def test_a_row_after_another_waits_for_it_and_reads_its_workdir(tmp_path):
   student = waves[1][1]
   assert f'--config.attention.sea.teacher={tmp_path.resolve()}/teacher/seed1' in student.train
   assert [e.name for e, _ in student.evals] == ['k8']
+
+
+def test_report_updates_its_block_of_a_results_page_in_place(finished, tmp_path):
+  doc = tmp_path / 'docs' / 'results.md'
+  doc.parent.mkdir()
+  doc.write_text('# Results\n\nhand-written text\n')
+  for _ in range(2):                                   # the second run replaces, never appends
+    sweep('report', f'--root={finished}', f'--update_doc={doc}')
+  text = doc.read_text()
+  assert text.startswith('# Results\n\nhand-written text\n')
+  assert text.count('<!-- begin sweep report: tiny -->') == 1
+  assert text.count('<!-- end sweep report: tiny -->') == 1
+  assert str(finished.resolve()) not in text and '<root>/softmax/seedSEED' in text
+  assert (doc.parent / 'figures' / 'tiny' / 'curve-train_loss.png').exists()
+  assert '](figures/tiny/curve-train_loss.png)' in text

@@ -364,8 +364,8 @@ def update_document(doc: Path, report: dict, figures: Sequence[Path], root: Path
     target = figure_dir / f.name
     target.write_bytes(f.read_bytes())
     links.append(str(target.relative_to(doc.parent)))
-  block = (BEGIN.format(name) + '\n' + markdown(report, links).replace(str(root), f'<root>')
-           + END.format(name))
+  text = markdown(report, links).replace(str(root.resolve()), '<root>').replace(str(root), '<root>')
+  block = BEGIN.format(name) + '\n' + text + END.format(name)
   text = doc.read_text(encoding='utf-8') if doc.exists() else ''
   begin, end = BEGIN.format(name), END.format(name)
   if begin in text and end in text:
