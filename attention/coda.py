@@ -58,9 +58,8 @@ from flax import nnx
 from attention import masks as masks_lib
 from attention.biases import ScoreMod
 from attention.masks import Mask
-from attention.registry import (accumulation_dtype, check_choice, check_implementation,
-                                check_shapes, register)
-from attention.softmax import scaled_scores, scores_probe
+from attention.registry import check_choice, check_implementation, check_number, register
+from attention.softmax import DenseMapCore, scaled_scores, scores_probe
 
 IMPLEMENTATIONS = ('xla',)
 CENTERINGS = ('row', 'none')
@@ -105,21 +104,15 @@ def _l1_backward(residuals, g):
 l1_distances.defvjp(_l1_forward, _l1_backward)
 
 
-def _number(option: str, value, minimum: float, strict: bool) -> float:
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-      (value > minimum if strict else value >= minimum) and value < math.inf):
-    raise ValueError(f'attention.coda.{option}={value!r} is not supported; expected a finite '
-                     f'number {">" if strict else "≥"} {minimum:g}')
-  return float(value)
-
-
 @register('coda')
-class CodaAttention(nnx.Module):
+class CodaAttention(DenseMapCore):
   """CoDA core: `core(q, k, v, mask, *, score_mod, deterministic, sow_weights)`.
 
   Shapes: `q: [B, T, N, H]`, `k, v: [B, S, N, H]` → `[B, T, N, H]` in `v`'s dtype. Reads
   `config.impl` (xla; auto = xla), `config.dropout` (on M) and `config.coda.*`.
   """
+
+  kind = 'coda'
 
   @classmethod
   def default_config(cls) -> ml_collections.ConfigDict:
@@ -139,12 +132,10 @@ class CodaAttention(nnx.Module):
     del layer_index, max_len  # unused
     check_implementation(config, 'coda', IMPLEMENTATIONS)
     c = config.coda
-    self.alpha = _number('alpha', c.alpha, 0.0, strict=True)
-    self.beta = _number('beta', c.beta, 0.0, strict=False)
+    self.alpha = check_number('coda', 'alpha', c.alpha, minimum=0.0, strict=True)
+    self.beta = check_number('coda', 'beta', c.beta, minimum=0.0, strict=False)
     check_choice('coda', 'centering', c.centering, CENTERINGS)
-    if not isinstance(c.scale_distance, bool):
-      raise ValueError(f'attention.coda.scale_distance={c.scale_distance!r} is not supported; '
-                       'expected True or False')
+    check_choice('coda', 'scale_distance', c.scale_distance, (True, False))
     self.centering, self.scale_distance = c.centering, c.scale_distance
     self.num_heads, self.head_dim = num_heads, head_dim
     self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
@@ -164,14 +155,3 @@ class CodaAttention(nnx.Module):
       gate_logits = gate_logits - mean                                      # Ñ
     m = jnp.tanh(self.alpha * s) * jax.nn.sigmoid(gate_logits)
     return jnp.where(allowed, m, jnp.zeros((), dtype))
-
-  def __call__(self, q, k, v, mask: Mask | None = None, *, score_mod: ScoreMod | None = None,
-               deterministic: bool = True, sow_weights: bool = False):
-    check_shapes('coda', self.num_heads, self.head_dim, q, k, v)
-    m = self.weights(q, k, mask, score_mod, probe=sow_weights)
-    if sow_weights:
-      self.sow(nnx.Intermediate, 'attention_weights', m)
-    m = self.dropout(m, deterministic=deterministic)
-    out = jnp.einsum('bnts,bsnh->btnh', m.astype(v.dtype), v,
-                     preferred_element_type=accumulation_dtype(q, k, v))
-    return out.astype(v.dtype)

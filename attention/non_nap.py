@@ -75,27 +75,22 @@ from flax import nnx
 from attention import masks as masks_lib
 from attention.biases import ScoreMod
 from attention.masks import Mask
-from attention.registry import (accumulation_dtype, check_choice, check_implementation,
-                                check_shapes, register)
-from attention.softmax import scaled_scores, scores_probe
+from attention.registry import check_choice, check_implementation, check_number, register
+from attention.softmax import DenseMapCore, scaled_scores, scores_probe
 
 IMPLEMENTATIONS = ('xla',)
 OUTPUT_SCALES = ('keys_seen', 'length')
 
 
-def _weighted_values(p: jax.Array, v: jax.Array, dtype) -> jax.Array:
-  """Σ_j P_ij v_j: `p: [B, N, T, S]`, `v: [B, S, N, H]` → `[B, T, N, H]` in v's dtype."""
-  out = jnp.einsum('bnts,bsnh->btnh', p.astype(v.dtype), v, preferred_element_type=dtype)
-  return out.astype(v.dtype)
-
-
 @register('non')
-class NonAttention(nnx.Module):
+class NonAttention(DenseMapCore):
   """NON core (no normalisation): `core(q, k, v, mask, *, score_mod, deterministic, sow_weights)`.
 
   Shapes: `q: [B, T, N, H]`, `k, v: [B, S, N, H]` → `[B, T, N, H]` in `v`'s dtype. Reads
   `config.impl` (xla; auto = xla), `config.dropout` (on P) and `config.non.output_scale`.
   """
+
+  kind = 'non'
 
   @classmethod
   def default_config(cls) -> ml_collections.ConfigDict:
@@ -130,18 +125,10 @@ class NonAttention(nnx.Module):
       n = jnp.asarray(s.shape[-1], s.dtype)
     return jnp.where(allowed, s, jnp.zeros((), s.dtype)) * jax.lax.rsqrt(jnp.maximum(n, 1))
 
-  def __call__(self, q, k, v, mask: Mask | None = None, *, score_mod: ScoreMod | None = None,
-               deterministic: bool = True, sow_weights: bool = False):
-    check_shapes('non', self.num_heads, self.head_dim, q, k, v)
-    p = self.weights(q, k, mask, score_mod, probe=sow_weights)
-    if sow_weights:
-      self.sow(nnx.Intermediate, 'attention_weights', p)
-    p = self.dropout(p, deterministic=deterministic)
-    return _weighted_values(p, v, accumulation_dtype(q, k, v))
 
 
 @register('nap')
-class NapAttention(nnx.Module):
+class NapAttention(DenseMapCore):
   """NAP core (normalised attention pooling): `core(q, k, v, mask, *, score_mod, deterministic,
   sow_weights)`.
 
@@ -149,6 +136,8 @@ class NapAttention(nnx.Module):
   `config.impl` (xla; auto = xla), `config.dropout` (on P) and `config.nap.*`. Parameters: the
   per-head gain `gain: [N]` (init 1) and bias `bias: [N]` (init 0).
   """
+
+  kind = 'nap'
 
   @classmethod
   def default_config(cls) -> ml_collections.ConfigDict:
@@ -166,15 +155,9 @@ class NapAttention(nnx.Module):
     del layer_index, max_len  # unused
     check_implementation(config, 'nap', IMPLEMENTATIONS)
     c = config.nap
-    if isinstance(c.eps, bool) or not isinstance(c.eps, (int, float)) or not (
-        0 < c.eps < math.inf):
-      raise ValueError(f'attention.nap.eps={c.eps!r} is not supported; expected a finite number '
-                       '> 0 (added to the standard deviation of the scores)')
-    if not isinstance(c.scale_scores, bool):
-      raise ValueError(f'attention.nap.scale_scores={c.scale_scores!r} is not supported; '
-                       'expected True or False')
+    check_choice('nap', 'scale_scores', c.scale_scores, (True, False))
     self.num_heads, self.head_dim = num_heads, head_dim
-    self.eps = float(c.eps)
+    self.eps = check_number('nap', 'eps', c.eps, minimum=0.0, strict=True)
     self.scale_scores = c.scale_scores
     self.gain = nnx.Param(jnp.ones((num_heads,), jnp.float32))
     self.bias = nnx.Param(jnp.zeros((num_heads,), jnp.float32))
@@ -197,11 +180,3 @@ class NapAttention(nnx.Module):
     p = per_head(self.gain) * centred / (std + self.eps) + per_head(self.bias)
     return jnp.where(allowed, p, jnp.zeros((), z.dtype))
 
-  def __call__(self, q, k, v, mask: Mask | None = None, *, score_mod: ScoreMod | None = None,
-               deterministic: bool = True, sow_weights: bool = False):
-    check_shapes('nap', self.num_heads, self.head_dim, q, k, v)
-    p = self.weights(q, k, mask, score_mod, probe=sow_weights)
-    if sow_weights:
-      self.sow(nnx.Intermediate, 'attention_weights', p)
-    p = self.dropout(p, deterministic=deterministic)
-    return _weighted_values(p, v, accumulation_dtype(q, k, v))

@@ -61,6 +61,8 @@ same rule for their feature maps and sums; their random projections are float32 
 
 from __future__ import annotations
 
+import math
+
 import importlib
 from typing import Callable
 
@@ -155,6 +157,16 @@ def check_choice(kind: str, option: str, value, choices) -> None:
   if value not in choices:
     raise ValueError(f'attention.{kind}.{option}={value!r} is not supported; expected one of: '
                      f'{", ".join(map(str, choices))}')
+
+
+def check_number(kind: str, option: str, value, *, minimum: float, strict: bool) -> float:
+  """`value` as a float, or a ValueError naming `attention.<kind>.<option>` unless it is a finite
+  number above `minimum` (`strict`) or at least `minimum`."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+      (value > minimum if strict else value >= minimum) and value < math.inf):
+    raise ValueError(f'attention.{kind}.{option}={value!r} is not supported; expected a finite '
+                     f'number {">" if strict else "≥"} {minimum:g}')
+  return float(value)
 
 
 def create_core(config: ml_collections.ConfigDict, *, num_heads: int, head_dim: int,

@@ -40,7 +40,7 @@ from attention.biases import ScoreMod
 from attention.kernels import backend as kernel_backend
 from attention.kernels import flash
 from attention.masks import Mask
-from attention.registry import accumulation_dtype, check_implementation, register
+from attention.registry import accumulation_dtype, check_implementation, check_shapes, register
 
 IMPLEMENTATIONS = ('xla', 'cudnn', 'pallas', 'tokamax', 'auto')
 
@@ -93,6 +93,30 @@ def scores_probe(core: nnx.Module, sow_weights: bool, name: str = 'scores'):
   if not sow_weights or not hasattr(core, '__captures__'):
     return None
   return lambda s: core.perturb(name, s)
+
+
+def weighted_values(w: jnp.ndarray, v: jnp.ndarray, dtype) -> jnp.ndarray:
+  """context_i = Σ_j w_ij v_j: `w: [B, N, T, S]`, `v: [B, S, N, H]` → `[B, T, N, H]` in v's
+  dtype, accumulated in `dtype`."""
+  out = jnp.einsum('bnts,bsnh->btnh', w.astype(v.dtype), v, preferred_element_type=dtype)
+  return out.astype(v.dtype)
+
+
+class DenseMapCore(nnx.Module):
+  """A core whose output is an explicit map times V (NON, NAP, CoDA): a subclass sets `kind`,
+  `num_heads`, `head_dim` and `dropout`, and defines `weights(q, k, mask, score_mod, *, probe)`
+  → `[B, N, T, S]`. The call checks shapes, sows the map, applies dropout and multiplies V."""
+
+  kind: str = ''
+
+  def __call__(self, q, k, v, mask: Mask | None = None, *, score_mod: ScoreMod | None = None,
+               deterministic: bool = True, sow_weights: bool = False):
+    check_shapes(self.kind, self.num_heads, self.head_dim, q, k, v)
+    w = self.weights(q, k, mask, score_mod, probe=sow_weights)
+    if sow_weights:
+      self.sow(nnx.Intermediate, 'attention_weights', w)
+    w = self.dropout(w, deterministic=deterministic)
+    return weighted_values(w, v, accumulation_dtype(q, k, v))
 
 
 @register('softmax')
@@ -165,9 +189,7 @@ class SoftmaxAttention(nnx.Module):
     if sow_weights:
       self.sow(nnx.Intermediate, 'attention_weights', w)
     w = self.dropout(w, deterministic=deterministic)
-    out = jnp.einsum('bnts,bsnh->btnh', w.astype(v.dtype), v,
-                     preferred_element_type=accumulation_dtype(q, k, v))
-    return out.astype(v.dtype)
+    return weighted_values(w, v, accumulation_dtype(q, k, v))
 
   def _cudnn(self, q, k, v, mask, score_mod):
     """cuDNN flash attention with a dense mask and a dense additive bias."""

@@ -88,23 +88,10 @@ DAGPAM_DOC = ('daGPAM comparison on enwik8 (reported: an average gain of about �
               'each, no variances).')
 
 
+
 def get_sweep(arg: str | None = None):
   """The papers' comparisons on this task (module docstring); `arg` as for `get_config`."""
-  config = get_config(arg)
-  extra = {}
-  dagpam_config = config.copy_and_resolve_references()
-  for key, value in extra.items():
-    dagpam_config.model[key.split('.')[-1]] = value
-  test = [{'name': 'test', 'flags': ['--split=test']}]
-  sweeps = {
-      'dagpam': {'doc': DAGPAM_DOC, 'evals': test,
-                 'rows': sweeps_lib.dagpam_rows(dagpam_config, extra=extra)},
-      'lambda': {'doc': 'daGPAM with fixed (λ⁺, λ⁻) on a grid: the sensitivity study the paper '
-                        'does not report.', 'evals': test, 'x_label': 'λ⁺',
-                 'rows': [dict(r, **extra) for r in sweeps_lib.lambda_grid_rows()]},
-  }
-  sweeps.update({'kinds': _kinds_sweep()})
-  return sweeps
+  return {**sweeps_lib.dagpam_sweeps(get_config(arg), DAGPAM_DOC), 'kinds': _kinds_sweep()}
 
 
 def _kinds_sweep() -> dict:
@@ -117,4 +104,4 @@ def _kinds_sweep() -> dict:
                                          'attention.sea.k': 32}),
                                 ('non', {}), ('nap', {}), ('coda', {}))]
   return {'doc': 'Every kind on one model and token budget, byte-level; BPC on the test split.',
-          'rows': rows, 'evals': [{'name': 'test', 'flags': ['--split=test']}]}
+          'rows': rows, 'evals': sweeps_lib.TEST}

@@ -16,6 +16,7 @@ comparisons the papers make, so that every task states them the same way.
   daGPAM with trainable λ, NON and NAP (Richter & Wattenhofer 2020, "Normalized Attention
   Without Probability Cage", arXiv:2005.09561) and CoDA (Tay et al. 2019, "Compositional
   De-Attention Networks", NeurIPS).
+- `dagpam_sweeps`: the `dagpam` and `lambda` sweeps of a task, as its `get_sweep` returns them.
 - `sea_rows`: a softmax teacher, SEA distilled from it (Lee et al. 2024, "SEA: Sparse Linear
   Attention with Estimated Attention Mask", arXiv:2310.01777), Performer and top-k at the same
   budget of kept keys, and the SEA checkpoint evaluated at several k without retraining.
@@ -26,6 +27,9 @@ from __future__ import annotations
 import math
 
 import ml_collections
+
+
+TEST = [{'name': 'test', 'flags': ['--split=test']}]
 
 
 def _attention_modules_and_ffns(config: ml_collections.ConfigDict) -> tuple[int, int]:
@@ -66,6 +70,51 @@ def dagpam_rows(config: ml_collections.ConfigDict, prefix: str = '',
   ]
 
 
+def with_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+  """A copy of `config` with dotted-key `overrides` applied (what a row's jobs will train)."""
+  config = config.copy_and_resolve_references()
+  for key, value in overrides.items():
+    *parents, leaf = key.split('.')
+    node = config
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+def dagpam_sweeps(config: ml_collections.ConfigDict, doc: str, *,
+                  variants: tuple[tuple[str, dict], ...] = (('', {}),),
+                  common: dict | None = None) -> dict:
+  """`{'dagpam': …, 'lambda': …}` for a task's `get_sweep`. Each (prefix, overrides) variant
+  repeats the daGPAM comparison (e.g. per direction and block type); `common` overrides go into
+  every row of both sweeps (e.g. the paper's depth)."""
+  common = dict(common or {})
+  rows = []
+  for prefix, overrides in variants:
+    extra = {**common, **overrides}
+    rows += dagpam_rows(with_overrides(config, extra), prefix=prefix, extra=extra)
+  return {
+      'dagpam': {'doc': doc, 'evals': TEST, 'rows': rows},
+      'lambda': {'doc': 'daGPAM with fixed (λ⁺, λ⁻) on a grid: the sensitivity study the paper '
+                        'does not report.', 'evals': TEST, 'x_label': 'λ⁺',
+                 'rows': [dict(r, **common) for r in lambda_grid_rows()]},
+  }
+
+
+def translation_variants(directions, norms) -> tuple[tuple[str, dict], ...]:
+  """`dagpam_sweeps` variants per direction ('en-de') and block ('preln', 'postln', or '' for
+  the recipe's own)."""
+  variants = []
+  for direction in directions:
+    src, tgt = direction.split('-')
+    for norm in norms:
+      overrides = {'data.src_lang': src, 'data.tgt_lang': tgt}
+      if norm:
+        overrides['model.pre_norm'] = norm == 'preln'
+      variants.append((f'{direction}-{norm}-' if norm else f'{direction}-', overrides))
+  return tuple(variants)
+
+
 def lambda_grid_rows(values=(0.25, 0.5, 1.0)) -> list[dict]:
   """daGPAM with fixed (λ⁺, λ⁻) over `values`²: one curve per λ⁻, λ⁺ along x."""
   return [{'name': f'dagpam-lp{lp:g}-ln{ln:g}', 'group': f'lambda_neg={ln:g}', 'x': lp,
@@ -94,7 +143,6 @@ def sea_rows(k: int, predictor_length: int, eval_ks=(8, 16, 32, 64, 128)) -> tup
       {'name': 'performer', 'attention.kind': 'performer', 'evals': ['test']},
       {'name': f'topk-k{k}', 'attention.kind': 'topk', 'attention.topk.k': k, 'evals': ['test']},
   ]
-  evals = [{'name': 'test', 'flags': ['--split=test']}]
-  evals += [{'name': f'test-k{x}', 'x': x, 'flags': ['--split=test', f'--override=attention.sea.k={x}']}
+  evals = TEST + [{'name': f'test-k{x}', 'x': x, 'flags': ['--split=test', f'--override=attention.sea.k={x}']}
             for x in eval_ks if x <= predictor_length]
   return rows, evals

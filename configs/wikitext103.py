@@ -94,28 +94,20 @@ DAGPAM_DOC = ('daGPAM comparison on WikiText-103 (reported, 8 layers: 25.96 → 
               'average gain about −0.5 perplexity; one run each, no variances).')
 
 
+
 def get_sweep(arg: str | None = None):
   """The papers' comparisons on this task (module docstring); `arg` as for `get_config`."""
   config = get_config(arg)
-  extra = {'model.num_layers': 8} if (arg or '').find('size=paper') >= 0 else {}
-  dagpam_config = config.copy_and_resolve_references()
-  for key, value in extra.items():
-    dagpam_config.model[key.split('.')[-1]] = value
-  test = [{'name': 'test', 'flags': ['--split=test']}]
-  sweeps = {
-      'dagpam': {'doc': DAGPAM_DOC, 'evals': test,
-                 'rows': sweeps_lib.dagpam_rows(dagpam_config, extra=extra)},
-      'lambda': {'doc': 'daGPAM with fixed (λ⁺, λ⁻) on a grid: the sensitivity study the paper '
-                        'does not report.', 'evals': test, 'x_label': 'λ⁺',
-                 'rows': [dict(r, **extra) for r in sweeps_lib.lambda_grid_rows()]},
+  depth = {'model.num_layers': 8} if 'size=paper' in (arg or '') else {}
+  return {
+      **sweeps_lib.dagpam_sweeps(config, DAGPAM_DOC, common=depth),
+      'sea': _sea_sweep(config),
+      'gpam_alternatives': {
+          'doc': 'The attention variants of the daGPAM paper\'s Table 1 (PTB there: softmax '
+                 '108.26 → daGPAM with trainable λ 106.38 perplexity; NON, NAP and CoDA degrade, '
+                 'numbers not recovered).', 'evals': sweeps_lib.TEST,
+          'rows': [dict(r, **depth) for r in sweeps_lib.gpam_alternatives_rows()]},
   }
-  sweeps.update({'sea': _sea_sweep(config)})
-  sweeps['gpam_alternatives'] = {
-      'doc': 'The attention variants of the daGPAM paper\'s Table 1 (PTB there: softmax 108.26 '
-             '→ daGPAM with trainable λ 106.38 perplexity; NON, NAP and CoDA degrade, numbers '
-             'not recovered).', 'evals': test,
-      'rows': [dict(r, **extra) for r in sweeps_lib.gpam_alternatives_rows()]}
-  return sweeps
 
 
 def _sea_sweep(config) -> dict:

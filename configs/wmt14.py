@@ -92,19 +92,8 @@ DAGPAM_DOC = ('daGPAM comparison on WMT14 en→de (reported: an average gain of 
               'each, no variances).')
 
 
+
 def get_sweep(arg: str | None = None):
   """The daGPAM comparison on this task (module docstring); `arg` as for `get_config`."""
-  config = get_config(arg)
-  test = [{'name': 'test', 'flags': ['--split=test']}]
-  rows = []
-  for direction in DIRECTIONS:
-    src, tgt = direction.split('-')
-    for norm in NORMS:
-      extra = {'data.src_lang': src, 'data.tgt_lang': tgt}
-      if norm:
-        extra['model.pre_norm'] = norm == 'preln'
-      prefix = f'{direction}-{norm}-' if norm else f'{direction}-'
-      rows += sweeps_lib.dagpam_rows(config, prefix=prefix, extra=extra)
-  return {'dagpam': {'doc': DAGPAM_DOC, 'rows': rows, 'evals': test},
-          'lambda': {'doc': 'daGPAM with fixed (λ⁺, λ⁻) on a grid.', 'evals': test,
-                     'x_label': 'λ⁺', 'rows': sweeps_lib.lambda_grid_rows()}}
+  return sweeps_lib.dagpam_sweeps(
+      get_config(arg), DAGPAM_DOC, variants=sweeps_lib.translation_variants(DIRECTIONS, NORMS))

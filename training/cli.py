@@ -28,9 +28,10 @@ def fail(message: str, code: int = EXIT_REFUSED) -> None:
   sys.exit(code)
 
 
-def _config_files(repo: Path) -> str:
-  return ', '.join(f'configs/{p.name}' for p in sorted((repo / 'configs').glob('*.py'))
-                   if p.name not in ('__init__.py', 'common.py', 'sweeps.py'))
+def task_config_files(repo: Path) -> list[str]:
+  """`configs/<task>.py` for every task config (not the shared helpers)."""
+  return [f'configs/{p.name}' for p in sorted((repo / 'configs').glob('*.py'))
+          if p.name not in ('__init__.py', 'common.py', 'sweeps.py')]
 
 
 def _check_config_file(argv: list[str], repo: Path) -> None:
@@ -40,7 +41,7 @@ def _check_config_file(argv: list[str], repo: Path) -> None:
       path = arg[len('--config='):].split(':', 1)[0]
       if not (Path(path).is_file() or (repo / path).is_file()):
         fail(f'--config={path}: no such config file; the task configs are: '
-             f'{_config_files(repo)}')
+             f'{", ".join(task_config_files(repo))}')
 
 
 def _one_line(e: Exception, argv: list[str]) -> str:

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import glob
 import importlib.util
 import json
@@ -71,6 +72,9 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
+
+from training import cli
+from training.workdir import atomic_write_json
 
 try:
   import submitit
@@ -121,12 +125,12 @@ def split_config_spec(spec: str) -> tuple[Path, str | None]:
   candidates = [Path(path), REPO / path]
   found = next((p for p in candidates if p.is_file()), None)
   if found is None:
-    known = ', '.join(f'configs/{p.name}' for p in sorted((REPO / 'configs').glob('*.py'))
-                      if p.name not in ('__init__.py', 'common.py', 'sweeps.py'))
-    raise SweepError(f'--config={path}: no such config file; the task configs are: {known}')
+    raise SweepError(f'--config={path}: no such config file; the task configs are: '
+                     f'{", ".join(cli.task_config_files(REPO))}')
   return found.resolve(), (arg or None)
 
 
+@functools.lru_cache(maxsize=None)
 def _import_config_module(path: Path):
   if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -215,8 +219,8 @@ def load_sweep(config_spec: str, name: str) -> Sweep:
 
 
 def configs_with_sweeps() -> list[str]:
-  return [f'configs/{p.name}' for p in sorted((REPO / 'configs').glob('*.py'))
-          if 'def get_sweep' in p.read_text(encoding='utf-8')]
+  return [p for p in cli.task_config_files(REPO)
+          if 'def get_sweep' in (REPO / p).read_text(encoding='utf-8')]
 
 
 def _coerce(current: Any, text: str, key: str) -> Any:
@@ -248,13 +252,8 @@ def with_common_overrides(config_spec: str, sweep: Sweep, sets: Sequence[str]) -
     key, sep, text = item.partition('=')
     if not sep or not key:
       raise SweepError(f'--set={item}: expected --set=<config key>=<value>')
-    node = config
-    for part in key.split('.'):
-      if not hasattr(node, 'keys') or part not in node:
-        raise SweepError(f'--set={item}: the config has no key {key!r} (python train.py '
-                         f'--config={config_spec} --show_config lists every key)')
-      node = node[part]
-    common.append((key, _coerce(node, text, key)))
+    parent, leaf = _config_key(config, key, config_spec, f'--set={item}')
+    common.append((key, _coerce(parent[leaf], text, key)))
   rows = []
   for row in sweep.rows:
     clash = sorted({k for k, _ in common} & {k for k, _ in row.overrides})
@@ -265,30 +264,31 @@ def with_common_overrides(config_spec: str, sweep: Sweep, sets: Sequence[str]) -
   return dataclasses.replace(sweep, rows=tuple(rows))
 
 
+def _config_key(config, key: str, config_spec: str, where: str):
+  """(the ConfigDict holding `key`, its last name), or a SweepError naming `where`."""
+  *parents, leaf = key.split('.')
+  node = config
+  for part in parents:
+    node = node[part] if hasattr(node, 'keys') and part in node else None
+  if not hasattr(node, 'keys') or leaf not in node:
+    raise SweepError(f'{where}: the config has no key {key!r} (python train.py '
+                     f'--config={config_spec} --show_config lists every key)')
+  return node, leaf
+
+
 def check_overrides(config_spec: str, sweep: Sweep) -> None:
   """Every row's overrides exist in the config and have its types (nothing is run)."""
   path, arg = split_config_spec(config_spec)
   module = _import_config_module(path)
   for row in sweep.rows:
     config = module.get_config(arg)
+    where = f'sweep {sweep.name!r} row {row.name!r}'
     for key, value in row.overrides:
-      node, *_ = config, None
-      parts = key.split('.')
-      for part in parts[:-1]:
-        if part not in node or not hasattr(node[part], 'keys'):
-          raise SweepError(f'sweep {sweep.name!r} row {row.name!r}: the config has no key '
-                           f'{key!r} (python train.py --config={config_spec} --show_config '
-                           'lists every key)')
-        node = node[part]
-      if parts[-1] not in node:
-        raise SweepError(f'sweep {sweep.name!r} row {row.name!r}: the config has no key {key!r} '
-                         f'(python train.py --config={config_spec} --show_config lists every '
-                         'key)')
+      parent, leaf = _config_key(config, key, config_spec, where)
       try:
-        node[parts[-1]] = value
+        parent[leaf] = value
       except (TypeError, ValueError) as e:
-        raise SweepError(f'sweep {sweep.name!r} row {row.name!r}: {key}={value!r}: '
-                         f'{str(e).splitlines()[0]}') from e
+        raise SweepError(f'{where}: {key}={value!r}: {str(e).splitlines()[0]}') from e
 
 
 # ---------------------------------------------------------------------------------------- jobs
@@ -366,20 +366,13 @@ def machine() -> str:
   return ', '.join(parts)
 
 
-def _atomic_json(path: Path, obj: Any) -> None:
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + '\n')
-  os.replace(tmp, path)
-
-
 class Runner:
   """Runs jobs as subprocesses; `stop()` passes SIGTERM to the running ones (they save)."""
 
-  def __init__(self, environment: dict[str, str] | None = None):
+  def __init__(self):
     self._lock = threading.Lock()
     self._running: set[subprocess.Popen] = set()
     self.stopping = False
-    self.environment = environment
 
   def stop(self, signum: int = signal.SIGTERM) -> None:
     self.stopping = True
@@ -404,7 +397,7 @@ class Runner:
         if self.stopping:
           return subprocess.CompletedProcess(argv, 143, '', '')
         proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=out, text=True, env=self.environment)
+                                stderr=out, text=True)
         self._running.add(proc)
       try:
         stdout, _ = proc.communicate()
@@ -421,10 +414,10 @@ class Runner:
       return 'skipped'
     job.state_dir.mkdir(parents=True, exist_ok=True)
     if not (job.state_dir / 'job.json').exists():
-      _atomic_json(job.state_dir / 'job.json', job.record())
+      atomic_write_json(job.state_dir / 'job.json', job.record())
     start = time.time()
     final = job.workdir / 'final.json'
-    if not final.exists() or json.loads(final.read_text()).get('step') is None:
+    if not final.exists():            # written once, when training has finished
       train = self._call(job.train, job.state_dir / 'train.log')
       if train.returncode in (130, 143) or self.stopping:
         return 'stopped'
@@ -442,9 +435,9 @@ class Runner:
       if result.returncode != 0 or not lines:
         return (f'failed (eval.py {ev.name} exit {result.returncode}; see '
                 f'{job.state_dir / f"eval-{ev.name}.log"})')
-      _atomic_json(path, {'name': ev.name, 'x': ev.x, 'command': list(argv),
+      atomic_write_json(path, {'name': ev.name, 'x': ev.x, 'command': list(argv),
                           'result': json.loads(lines[-1])})
-    _atomic_json(job.state_dir / 'done.json', {
+    atomic_write_json(job.state_dir / 'done.json', {
         'final': json.loads(final.read_text()), 'machine': machine(),
         'seconds': round(train_seconds, 1), 'finished': time.strftime('%Y-%m-%dT%H:%M:%S')})
     return 'done'
@@ -482,14 +475,39 @@ def _prerequisite(job: Job, jobs: Sequence[Job]) -> Job | None:
   return next(j for j in jobs if j.row.name == job.row.after and j.seed == job.seed)
 
 
+def check_launcher(launcher: str, parallel: int, cluster: str) -> None:
+  """Refuses a launch this machine cannot make (before anything is written)."""
+  if launcher == 'local' and parallel > 1 and on_tpu_vm():
+    raise SweepError(f'--parallel={parallel}: one process holds a TPU; use --parallel=1')
+  if launcher == 'slurm' and cluster == 'slurm' and shutil.which('sbatch') is None:
+    raise SweepError('--launcher=slurm: sbatch is not on this machine (no SLURM here); use '
+                     '--launcher=local')
+  if launcher == 'slurm' and submitit is None:
+    raise SweepError('--launcher=slurm needs submitit (pip install submitit)')
+
+
+class _Tally:
+  """Counts outcomes by their first word and prints one line per finished job."""
+
+  def __init__(self, total: int, out):
+    self.counts: dict[str, int] = {}
+    self.finished, self.total, self.out = 0, total, out
+
+  def add(self, job: Job, outcome: str) -> None:
+    self.finished += 1
+    word = outcome.split(' ')[0]
+    self.counts[word] = self.counts.get(word, 0) + 1
+    print(f'[{self.finished}/{self.total}] {job.row.name} seed{job.seed}: {outcome}',
+          file=self.out, flush=True)
+
+
 def launch_local(jobs: Sequence[Job], parallel: int, *, out=sys.stdout) -> dict[str, int]:
-  """Runs the jobs, `parallel` at a time, wave after wave; returns the count of each outcome."""
-  if parallel > 1 and on_tpu_vm():
-    raise SweepError(f'--parallel={parallel}: one process holds a TPU; use --parallel=1 here')
+  """Runs the jobs, `parallel` at a time, wave after wave; returns the count of each outcome
+  (`check_launcher` first)."""
   runner = Runner()
   previous = {s: signal.signal(s, lambda signum, _: runner.stop(signum))
               for s in (signal.SIGTERM, signal.SIGINT)}
-  counts: dict[str, int] = {}
+  tally = _Tally(len(jobs), out)
 
   def run(job: Job) -> str:
     before = _prerequisite(job, jobs)
@@ -497,23 +515,18 @@ def launch_local(jobs: Sequence[Job], parallel: int, *, out=sys.stdout) -> dict[
       return f'failed (row {before.row.name} seed{before.seed}, which it needs, did not finish)'
     return runner.run(job)
 
-  finished = 0
   try:
     with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
       for wave in stages(jobs):
         futures = {pool.submit(run, job): job for job in wave}
         for future in concurrent.futures.as_completed(futures):
-          job, outcome = futures[future], future.result()
-          finished += 1
-          counts[outcome.split(' ')[0]] = counts.get(outcome.split(' ')[0], 0) + 1
-          print(f'[{finished}/{len(jobs)}] {job.row.name} seed{job.seed}: {outcome}', file=out,
-                flush=True)
+          tally.add(futures[future], future.result())
         if runner.stopping:
           break
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
-  return counts
+  return tally.counts
 
 
 _SLURM_RUNNER = Runner()   # the runner of the SLURM task running in this process
@@ -543,20 +556,15 @@ class SlurmTask(submitit.helpers.Checkpointable if submitit else object):
 def launch_slurm(jobs: Sequence[Job], root: Path, *, cluster: str, parameters: dict,
                  out=sys.stdout) -> dict[str, int]:
   """Submits the unfinished jobs as one submitit array; waits for them when they run here
-  (cluster local/debug) and otherwise prints the SLURM job ids."""
-  if cluster == 'slurm' and shutil.which('sbatch') is None:
-    raise SweepError('--launcher=slurm: sbatch is not on this machine (no SLURM here); use '
-                     '--launcher=local')
-  if submitit is None:
-    raise SweepError('--launcher=slurm needs submitit (pip install submitit)')
+  (cluster local/debug) and otherwise prints the SLURM job ids (`check_launcher` first)."""
   todo = [j for j in jobs if not j.done]
-  counts = {'skipped': len(jobs) - len(todo)}
+  tally = _Tally(len(todo), out)
+  tally.counts['skipped'] = len(jobs) - len(todo)
   if not todo:
-    return counts
+    return tally.counts
   executor = submitit.AutoExecutor(folder=str(root / 'slurm' / '%j'), cluster=cluster)
   executor.update_parameters(**parameters)
   previous_id = None
-  finished = 0
   for wave in stages(todo):
     if previous_id is not None and cluster == 'slurm':
       executor.update_parameters(slurm_additional_parameters={'dependency':
@@ -567,15 +575,11 @@ def launch_slurm(jobs: Sequence[Job], root: Path, *, cluster: str, parameters: d
     if cluster == 'slurm':
       print(f'submitted {len(submitted)} jobs as array {previous_id} (logs in '
             f'{root / "slurm"}); rerun this command to see what is finished', file=out)
-      counts['submitted'] = counts.get('submitted', 0) + len(submitted)
+      tally.counts['submitted'] = tally.counts.get('submitted', 0) + len(submitted)
       continue
     for job, handle in zip(wave, submitted):
-      outcome = handle.result()
-      finished += 1
-      counts[outcome.split(' ')[0]] = counts.get(outcome.split(' ')[0], 0) + 1
-      print(f'[{finished}/{len(todo)}] {job.row.name} seed{job.seed}: {outcome}', file=out,
-            flush=True)
-  return counts
+      tally.add(job, handle.result())
+  return tally.counts
 
 
 # ----------------------------------------------------------------------------------------- CLI
@@ -599,7 +603,7 @@ def record_sweep(root: Path, config_spec: str, sweep: Sweep, seeds: int, command
                        'another --root')
     spec['seeds'] = max(seeds, old.get('seeds', 0))
   root.mkdir(parents=True, exist_ok=True)
-  _atomic_json(path, spec)
+  atomic_write_json(path, spec)
 
 
 def _flags():
@@ -634,7 +638,6 @@ def _flags():
 
 def main(argv: Sequence[str]) -> int:
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from training import cli  # pylint: disable=g-import-not-at-top
   FLAGS = flags.FLAGS
   action = argv[1] if len(argv) > 1 else 'run'
   if len(argv) > 2 or action not in ('run', 'report'):
@@ -664,11 +667,7 @@ def main(argv: Sequence[str]) -> int:
     jobs = make_jobs(FLAGS.config, sweep, FLAGS.seeds, root)
     stages(jobs)  # refuses rows that wait for each other
     check_recorded_jobs(jobs)
-    if FLAGS.launcher == 'local' and FLAGS.parallel > 1 and on_tpu_vm():
-      raise SweepError(f'--parallel={FLAGS.parallel}: one process holds a TPU; use --parallel=1')
-    if FLAGS.launcher == 'slurm' and FLAGS.slurm_cluster == 'slurm' and not shutil.which('sbatch'):
-      raise SweepError('--launcher=slurm: sbatch is not on this machine (no SLURM here); use '
-                       '--launcher=local')
+    check_launcher(FLAGS.launcher, FLAGS.parallel, FLAGS.slurm_cluster)
     if FLAGS.dry_run:
       for job in jobs:
         state = 'finished' if job.done else 'to run'
@@ -701,7 +700,6 @@ def main(argv: Sequence[str]) -> int:
 
 def _parse(argv: list[str]) -> list[str]:
   """absl flags (one-line errors, training/cli.py) plus the optional action word."""
-  from training import cli  # pylint: disable=g-import-not-at-top
   words = [a for a in argv[1:] if not a.startswith('-')]
   cli.parse_flags([argv[0], *(a for a in argv[1:] if a.startswith('-'))])
   return [argv[0], *words]

@@ -55,9 +55,8 @@ class Finished:
       result = ev['result']
       if isinstance(result.get('value'), (int, float)):
         out[f'{name} {result.get("metric", "value")}'] = float(result['value'])
-      for extra in ('peak_memory_bytes',):
-        if isinstance(result.get(extra), (int, float)):
-          out[f'{name} {extra}'] = float(result[extra])
+      if isinstance(result.get('peak_memory_bytes'), (int, float)):
+        out[f'{name} peak_memory_bytes'] = float(result['peak_memory_bytes'])
     if isinstance(final.get('parameters'), int):
       out['parameters'] = float(final['parameters'])
     if isinstance(self.done.get('seconds'), (int, float)):
@@ -131,19 +130,17 @@ def rank(rows: list[dict], metric: str) -> None:
   while remaining:
     tier += 1
     head, rest = remaining[0], []
-    head['tier'], head['verdict'] = tier, 'best' if tier == 1 else f'tier {tier} leader'
+    head['tier'] = tier
+    head['verdict'] = ('best' if tier == 1 else
+                       f'tier {tier}: worse than tier {tier - 1} (Welch p < {ALPHA})')
     for r in remaining[1:]:
       p = welch_p(head['metrics'][metric]['values'], r['metrics'][metric]['values'])
-      if p is not None and p >= ALPHA:
+      if p >= ALPHA:
         r['tier'] = tier
         r['verdict'] = f'within seed noise of {head["name"]} (Welch p = {p:.2f})'
       else:
         rest.append(r)
-        r['p_vs_leader'] = p
     remaining = rest
-  for r in ranked:
-    if r['tier'] and r['tier'] > 1 and r['verdict'].endswith('leader'):
-      r['verdict'] = f'tier {r["tier"]}: worse than tier {r["tier"] - 1} (Welch p < {ALPHA})'
 
 
 def build(root: Path) -> dict:
@@ -364,7 +361,9 @@ def update_document(doc: Path, report: dict, figures: Sequence[Path], root: Path
     target = figure_dir / f.name
     target.write_bytes(f.read_bytes())
     links.append(str(target.relative_to(doc.parent)))
-  text = markdown(report, links).replace(str(root.resolve()), '<root>').replace(str(root), '<root>')
+  text = markdown(report, links)
+  for spelling in sorted({str(root.resolve()), str(root)}, key=len, reverse=True):
+    text = text.replace(spelling, '<root>')
   block = BEGIN.format(name) + '\n' + text + END.format(name)
   text = doc.read_text(encoding='utf-8') if doc.exists() else ''
   begin, end = BEGIN.format(name), END.format(name)
