@@ -150,6 +150,41 @@ def optimizer_config() -> ml_collections.ConfigDict:
   return c
 
 
+# Logical axis → mesh axis (or axes, or None = replicated). Every parameter has logical axis names
+# (models/partitioning.py); the batch dimension is 'batch'. FSDP shards the model dimension of
+# every matrix over `fsdp` (parameters and, with them, the optimizer state); tensor parallelism
+# splits attention heads and FFN columns over `tensor` (Megatron-style: column-parallel in,
+# row-parallel out). Vocabulary rows are not split (vocabularies such as WikiText-103's 267,735
+# types do not divide), and norms and the small per-head vectors of the attention cores stay
+# replicated. Edit here to try another layout; training/distributed.py applies these rules.
+LOGICAL_AXIS_RULES = (
+    ('batch', ('data', 'fsdp')),
+    ('embed', 'fsdp'),
+    ('heads', 'tensor'),
+    ('mlp', 'tensor'),
+    ('vocab', None),
+    ('band', None),
+    ('norm', None),
+    ('head_dim', None),
+    ('core', None),
+)
+
+
+def mesh_config() -> ml_collections.ConfigDict:
+  """`config.mesh`: device mesh axis sizes (training/distributed.py `make_mesh`).
+
+  The product of the three sizes must equal the number of devices; one of them may be -1, the
+  devices left over. The batch is split over `data` × `fsdp`; parameters and optimizer state
+  are sharded over `fsdp`; heads and FFN columns over `tensor` (`LOGICAL_AXIS_RULES`). The mesh
+  may change between runs of one workdir: a checkpoint restores onto any mesh that can hold it.
+  """
+  c = ml_collections.ConfigDict()
+  c.data = -1                 # data parallelism (the default: every device)
+  c.fsdp = 1                  # fully sharded data parallelism (ZeRO-3)
+  c.tensor = 1                # tensor (head / FFN column) parallelism
+  return c
+
+
 def _run_config(task: str) -> ml_collections.ConfigDict:
   """Keys every task has: seed, steps, intervals, checkpoints, loss."""
   c = ml_collections.ConfigDict()
@@ -157,6 +192,7 @@ def _run_config(task: str) -> ml_collections.ConfigDict:
   c.seed = 0
   c.attention = attention_config()
   c.optimizer = optimizer_config()
+  c.mesh = mesh_config()
   c.data = ml_collections.ConfigDict()
   c.train_steps = 1000
   c.log_every = 50

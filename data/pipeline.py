@@ -56,16 +56,38 @@ def check_shapes(batch_size: int, seq_len: int) -> None:
     raise ValueError(f'batch_size and seq_len must be ≥ 1; got {batch_size}, {seq_len}')
 
 
+def process_rows(batch_size: int, num_micro: int = 1, process_index: int = 0,
+                 process_count: int = 1) -> np.ndarray:
+  """Which rows of a global batch one process reads, in the order it feeds them.
+
+  The global batch of `batch_size` rows is `num_micro` micro-batches of consecutive rows; each
+  process takes its consecutive share of every micro-batch, so that its rows reshaped to
+  [num_micro, -1] are its parts of each micro-batch and the processes' parts, concatenated in
+  process order, are exactly the single-process micro-batches. The global stream therefore does
+  not depend on how many processes read it.
+  """
+  per_micro, share = batch_size // num_micro, batch_size // num_micro // max(process_count, 1)
+  if batch_size % num_micro or per_micro % process_count or not 0 <= process_index < process_count:
+    raise ValueError(f'a batch of {batch_size} rows cannot be split into {num_micro} micro-'
+                     f'batch(es) × {process_count} process(es) of whole rows')
+  return (np.arange(num_micro)[:, None] * per_micro + process_index * share
+          + np.arange(share)[None, :]).reshape(-1)
+
+
 class _GatherBlocks:
   """Maps a batch of block indices [B] to the training batch dict of those blocks."""
 
-  def __init__(self, tokens: np.ndarray, seq_len: int):
+  def __init__(self, tokens: np.ndarray, seq_len: int, rows: np.ndarray | None = None):
     self._tokens = tokens
     self._offsets = np.arange(seq_len + 1)
     self._seq_len = seq_len
+    self._rows = rows  # this process's rows of the batch (None: all)
 
   def __call__(self, block_ids: np.ndarray) -> Batch:
-    rows = np.asarray(block_ids, dtype=np.int64)[:, None] * self._seq_len + self._offsets
+    block_ids = np.asarray(block_ids, dtype=np.int64)
+    if self._rows is not None:
+      block_ids = block_ids[self._rows]
+    rows = block_ids[:, None] * self._seq_len + self._offsets
     blocks = np.asarray(self._tokens[rows], dtype=np.int32)
     return {
         'inputs': blocks[:, :-1],
@@ -79,20 +101,25 @@ def num_train_blocks(num_tokens: int, seq_len: int) -> int:
   return max(0, (num_tokens - 1) // seq_len)
 
 
-def train_block_iterator(tokens: np.ndarray, *, batch_size: int, seq_len: int,
-                         seed: int) -> grain.DatasetIterator:
+def train_block_iterator(tokens: np.ndarray, *, batch_size: int, seq_len: int, seed: int,
+                         num_micro: int = 1, process_index: int = 0,
+                         process_count: int = 1) -> grain.DatasetIterator:
   """Infinite, checkpointable iterator of shuffled training blocks of one token stream.
 
   Args:
     tokens: [N] the split's token ids (any integer dtype; may be memory-mapped).
-    batch_size: B, rows per batch.
+    batch_size: B, rows per global batch (all processes, all micro-batches).
     seq_len: T, tokens per row.
     seed: shuffling seed; epoch e uses a seed derived from (seed, e).
+    num_micro, process_index, process_count: this process reads only its rows of each global
+      batch (`process_rows`); every process steps through the same global stream.
 
   Returns:
-    A grain `DatasetIterator` of {'inputs', 'targets': [B, T] int32, 'weights': [B, T] float32}.
+    A grain `DatasetIterator` of {'inputs', 'targets': [B', T] int32, 'weights': [B', T]
+    float32}, B' = B / process_count.
   """
   check_shapes(batch_size, seq_len)
+  rows = process_rows(batch_size, num_micro, process_index, process_count)
   n_blocks = num_train_blocks(len(tokens), seq_len)
   if n_blocks == 0:
     raise ValueError(f'a training stream of {len(tokens)} tokens is too short for one block of '
@@ -101,23 +128,37 @@ def train_block_iterator(tokens: np.ndarray, *, batch_size: int, seq_len: int,
         .shuffle(seed=seed)
         .repeat()
         .batch(batch_size, drop_remainder=True)
-        .map(_GatherBlocks(tokens, seq_len)))
+        .map(_GatherBlocks(tokens, seq_len, None if process_count == 1 else rows)))
   return iter(ds.to_iter_dataset(_read_options()))
 
 
+class _MakeExamples:
+  """Maps a batch of example indices to the stacked examples of this process's rows."""
+
+  def __init__(self, make_example: Callable[[int], Batch], rows: np.ndarray):
+    self._make_example, self._rows = make_example, rows
+
+  def __call__(self, indices: np.ndarray) -> Batch:
+    examples = [self._make_example(i) for i in np.asarray(indices)[self._rows]]
+    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
 def example_iterator(make_example: Callable[[int], Batch], num_examples: int, *,
-                     batch_size: int, seed: int) -> grain.DatasetIterator:
+                     batch_size: int, seed: int, num_micro: int = 1, process_index: int = 0,
+                     process_count: int = 1) -> grain.DatasetIterator:
   """Infinite, checkpointable iterator over `make_example(i)` for i in a shuffled range.
 
-  Used for tasks whose examples are independent sequences (the synthetic MQAR task).
+  Used for tasks whose examples are independent sequences (the synthetic MQAR task). Processes
+  read their rows of each global batch as in `train_block_iterator`.
   """
   if num_examples < 1:
     raise ValueError(f'need at least one training example, got {num_examples}')
+  rows = process_rows(batch_size, num_micro, process_index, process_count)
   ds = (grain.MapDataset.range(num_examples)
         .shuffle(seed=seed)
         .repeat()
-        .map(make_example)
-        .batch(batch_size, drop_remainder=True))
+        .batch(batch_size, drop_remainder=True)
+        .map(_MakeExamples(make_example, rows)))
   return iter(ds.to_iter_dataset(_read_options()))
 
 
@@ -249,9 +290,10 @@ class LMData(abc.ABC):
   cache_hit: bool = False
 
   @abc.abstractmethod
-  def train_iterator(self, *, batch_size: int, seq_len: int,
-                     seed: int) -> grain.DatasetIterator:
-    """Infinite, checkpointable iterator of training batches (see module docstring)."""
+  def train_iterator(self, *, batch_size: int, seq_len: int, seed: int, num_micro: int = 1,
+                     process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
+    """Infinite, checkpointable iterator of training batches (see module docstring): this
+    process's rows of global batches of `batch_size` rows (`process_rows`)."""
 
   @abc.abstractmethod
   def eval_batches(self, split: str, *, batch_size: int, seq_len: int,
@@ -309,10 +351,11 @@ class TokenStreamLMData(LMData):
     self.symbols = symbols
     self._info = info
 
-  def train_iterator(self, *, batch_size: int, seq_len: int,
-                     seed: int) -> grain.DatasetIterator:
+  def train_iterator(self, *, batch_size: int, seq_len: int, seed: int, num_micro: int = 1,
+                     process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
     return train_block_iterator(self.streams['train'], batch_size=batch_size, seq_len=seq_len,
-                                seed=seed)
+                                seed=seed, num_micro=num_micro, process_index=process_index,
+                                process_count=process_count)
 
   def eval_batches(self, split: str, *, batch_size: int, seq_len: int,
                    context_window: int = 0) -> EvalBatches:

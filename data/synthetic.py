@@ -148,11 +148,13 @@ class MQARData(pipeline.LMData):
     options = dict(self.options, split=split, data_seed=self.data_seed, seq_len=seq_len)
     return lambda index: make_example(int(index), **options)
 
-  def train_iterator(self, *, batch_size: int, seq_len: int,
-                     seed: int) -> grain.DatasetIterator:
+  def train_iterator(self, *, batch_size: int, seq_len: int, seed: int, num_micro: int = 1,
+                     process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
     pipeline.check_shapes(batch_size, seq_len)
     return pipeline.example_iterator(self._example_fn('train', seq_len),
-                                     self.num_examples['train'], batch_size=batch_size, seed=seed)
+                                     self.num_examples['train'], batch_size=batch_size, seed=seed,
+                                     num_micro=num_micro, process_index=process_index,
+                                     process_count=process_count)
 
   def eval_batches(self, split: str, *, batch_size: int, seq_len: int,
                    context_window: int = 0) -> pipeline.EvalBatches:

@@ -1,7 +1,7 @@
 """End-to-end tests of train.py and eval.py as a user runs them (real subprocesses).
 
 Properties: a run killed with SIGKILL and rerun ends with parameters bitwise equal to an
-uninterrupted run's; 4 simulated devices give the loss of 1 device; eval.py prints one JSON line
+uninterrupted run's; 4 simulated devices (FSDP × tensor parallel) give the loss of 1 device; eval.py prints one JSON line
 with its protocol; bad input exits non-zero with a message and changes nothing.
 """
 
@@ -112,8 +112,12 @@ def test_rerun_of_finished_run_changes_nothing(uninterrupted):
 
 
 def test_four_devices_match_one(uninterrupted, tmp_path):
-  args = [a for a in TINY if not a.startswith('--config.train_steps')] + ['--config.train_steps=10']
-  run('train.py', *args, f'--workdir={tmp_path / "d4"}', devices=4)
+  """train.py on a 4-device mesh (fsdp=2 × tensor=2: parameters, optimizer state and heads
+  sharded) gives the single device's losses."""
+  args = [a for a in TINY if not a.startswith('--config.train_steps')] + [
+      '--config.train_steps=10', '--config.mesh.fsdp=2', '--config.mesh.tensor=2']
+  proc = run('train.py', *args, f'--workdir={tmp_path / "d4"}', devices=4)
+  assert '4 device(s) (data=1 × fsdp=2 × tensor=2)' in proc.stdout
   one = [json.loads(l) for l in (uninterrupted / 'metrics.jsonl').read_text().splitlines()]
   four = [json.loads(l) for l in (tmp_path / 'd4' / 'metrics.jsonl').read_text().splitlines()]
   one = {r['step']: r['loss'] for r in one if r['split'] == 'train' and r['step'] <= 10}

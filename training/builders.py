@@ -22,7 +22,10 @@ NAN_POLICIES = ('stop', 'skip_update')
 
 
 def check_config(config: ml_collections.ConfigDict, n_devices: int) -> int:
-  """The checks that need neither data nor a model; rows per micro-batch on this process."""
+  """The checks that need neither data nor a model; rows per micro-batch on this process.
+
+  `n_devices`: how many parts a batch is split into (the mesh's data × fsdp devices).
+  """
   if config.task not in TASKS:
     raise ValueError(f'unknown task {config.task!r}; known: {", ".join(TASKS)}')
   attention.core_class(config.attention.kind)  # unknown kind: the error lists the known ones
@@ -52,8 +55,27 @@ def check_config(config: ml_collections.ConfigDict, n_devices: int) -> int:
                      'positive')
   if config.batch_size % (accum * n_devices) or config.batch_size % (accum * n_proc):
     raise ValueError(f'batch_size={config.batch_size} must be divisible by '
-                     f'optimizer.grad_accum_steps ({accum}) × devices ({n_devices})')
+                     f'optimizer.grad_accum_steps ({accum}) × batch shards ({n_devices}, the '
+                     'mesh\'s data × fsdp devices)')
   return config.batch_size // accum // n_proc
+
+
+def check_mesh(config: ml_collections.ConfigDict, mesh) -> None:
+  """What tensor parallelism needs of the model: whole heads and FFN columns per device, and
+  attention computed by XLA (which GSPMD partitions over heads)."""
+  tensor = mesh.shape.get('tensor', 1)
+  if tensor == 1:
+    return
+  m = config.model
+  for key in ('num_heads', 'd_ff'):
+    if m[key] % tensor:
+      raise ValueError(f'model.{key}={m[key]} is not divisible by mesh.tensor={tensor}; '
+                       'tensor parallelism gives each device whole heads and FFN columns')
+  if config.attention.impl != 'xla':
+    raise ValueError(
+        f'mesh.tensor={tensor} splits attention heads across devices, but attention.impl='
+        f'{config.attention.impl} runs fused kernels (Pallas / cuDNN) that are not partitioned '
+        'over heads yet; use attention.impl=xla with tensor parallelism')
 
 
 def _fill_from_data(config: ml_collections.ConfigDict, key: str, value: int, what: str) -> None:
@@ -107,6 +129,8 @@ def initial_state(config, params, optimizer) -> dict:
 
 
 def abstract_params(params, mesh):
-  """The restore target of parameters alone (eval.py, a distillation teacher)."""
-  sharding = distributed.replicated(mesh)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), params)
+  """The restore target of parameters alone (eval.py, a distillation teacher), placed on
+  `mesh` by their logical axes (training/distributed.py `param_shardings`)."""
+  shardings = distributed.param_shardings(params, mesh)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params,
+                      shardings)

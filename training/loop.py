@@ -114,13 +114,16 @@ class _Plan:
 def prepare(config: ml_collections.ConfigDict, workdir: Path, *,
             resume_intact: bool = False) -> _Plan:
   """Checks the run and reads what it resumes from; writes nothing (see the module docstring)."""
-  mesh = distributed.data_mesh()
-  micro_rows = builders.check_config(config, mesh.size)
+  config_dict = workdir_lib.config_to_dict(config)
+  distributed.check_same_config(config_dict)
+  mesh = distributed.make_mesh(config.mesh)
+  micro_rows = builders.check_config(config, distributed.batch_shards(mesh))
+  builders.check_mesh(config, mesh)
   if config.task == 'translation' and distill.enabled(config):
     raise ValueError('attention distillation (attention.sea.distill) is implemented for the '
                      'language model only; set attention.sea.distill=false for translation')
   data = builders.build_data(config)
-  config_dict = workdir_lib.config_to_dict(config)
+  config_dict = workdir_lib.config_to_dict(config)  # with the vocabulary sizes from the data
   workdir_lib.check_recorded(workdir, 'config', config_dict, ignore=workdir_lib.RESUMABLE_KEYS)
   workdir_lib.check_recorded(workdir, 'data', data.describe())
 
@@ -135,22 +138,24 @@ def prepare(config: ml_collections.ConfigDict, workdir: Path, *,
     params, copied, kept = distill.init_from_teacher(params, teacher.params)
     teacher_note = (f'Distilling from {teacher.workdir} (step {teacher.step}): {copied} '
                     f'parameter arrays copied from the teacher, {kept} new.')
-  state = jax.device_put(builders.initial_state(config, params, optimizer),
-                         distributed.replicated(mesh))
+  # Parameters and optimizer state placed by their logical axes (FSDP / tensor shards); a
+  # model dimension that the mesh does not divide is refused here, before anything is written.
+  state, shardings = distributed.place_state(builders.initial_state(config, params, optimizer),
+                                             mesh)
 
   train_step = jax.jit(
       steps.make_train_step(graphdef, rest, optimizer,
                             grad_accum_steps=config.optimizer.grad_accum_steps,
                             label_smoothing=config.label_smoothing, teacher=teacher,
                             distill_config=config.attention.sea if teacher else None),
-      donate_argnums=0)
+      out_shardings=(shardings, distributed.replicated(mesh)), donate_argnums=0)
   if teacher is not None:
-    train_step = functools.partial(
-        train_step, teacher_params=jax.device_put(teacher.params, distributed.replicated(mesh)))
+    train_step = functools.partial(train_step, teacher_params=jax.device_put(
+        teacher.params, distributed.param_shardings(teacher.params, mesh)))
   # Attention options that a core refuses only when it sees its mask (e.g. a prior mask on a
   # linear-time core) surface here, while nothing has been written yet.
   jax.eval_shape(train_step, ckpt_lib.abstract_like(state),
-                 _abstract_batch(config, micro_rows, mesh.size))
+                 _abstract_batch(config, micro_rows, distributed.batch_shards(mesh)))
 
   start, data_state, aside, notes = 0, None, [], []
   ckpt_dir = workdir / 'checkpoints'
@@ -226,13 +231,17 @@ def _train(plan: _Plan, stop: signals.StopRequest) -> dict:
   if config.task == 'translation':
     # fairseq's --max-tokens is per device. Every process plans the same global batches (same
     # seed) and takes its own rows, so all processes step through the same shapes.
-    train_iter = data.train_iterator(max_tokens=config.data.max_tokens * mesh.size,
-                                     seed=config.seed, row_multiple=mesh.size,
+    shards = distributed.batch_shards(mesh)
+    train_iter = data.train_iterator(max_tokens=config.data.max_tokens * shards,
+                                     seed=config.seed, row_multiple=shards,
                                      num_micro=accum, process_index=jax.process_index(),
                                      process_count=jax.process_count())
   else:
-    train_iter = data.train_iterator(batch_size=plan.micro_rows * accum, seq_len=config.seq_len,
-                                     seed=config.seed + 1000 * jax.process_index())
+    # Every process steps through the same global stream and reads its rows of each batch.
+    train_iter = data.train_iterator(batch_size=config.batch_size, seq_len=config.seq_len,
+                                     seed=config.seed, num_micro=accum,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count())
   if start:
     train_iter.set_state(plan.data_state)
     print(f'Resuming {workdir} from step {start}.', flush=True)
@@ -270,7 +279,8 @@ def _train(plan: _Plan, stop: signals.StopRequest) -> dict:
     return out
 
   if jax.process_index() == 0:
-    print(f'{plan.n_params:,} parameters; {mesh.size} device(s); training steps {start}..'
+    layout = ' × '.join(f'{a}={n}' for a, n in mesh.shape.items())
+    print(f'{plan.n_params:,} parameters; {mesh.size} device(s) ({layout}); training steps {start}..'
           f'{config.train_steps}; workdir {workdir}', flush=True)
     print(kernel_backend.describe(config.attention, config.model.get('dtype', 'float32')),
           flush=True)

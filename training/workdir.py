@@ -20,7 +20,8 @@ import ml_collections
 RESUMABLE_KEYS = ('train_steps', 'log_every', 'eval_every', 'eval_batches', 'checkpoint_every',
                   'keep_checkpoints', 'progress_bar', 'eval_context_window',
                   'decode',  # decoding settings: validation BLEU only, never the training
-                  'nan_policy', 'inject_nonfinite_step')  # only act on a non-finite update
+                  'nan_policy', 'inject_nonfinite_step',  # only act on a non-finite update
+                  'mesh')  # how devices are arranged: a checkpoint restores onto any mesh
 
 
 class IncompatibleWorkdirError(ValueError):
