@@ -217,7 +217,7 @@ def run(workdir: Path, checkpoint: str, split: str, context_window: int | None,
   (training/eval_overrides.py); they name the output file and are recorded in the dict.
   """
   import jax  # pylint: disable=g-import-not-at-top (keeps --help fast)
-  from training import evaluate, steps
+  from training import distributed, evaluate, steps
   from training.metric_log import json_safe
 
   overrides = overrides or {}
@@ -230,7 +230,8 @@ def run(workdir: Path, checkpoint: str, split: str, context_window: int | None,
     raise ValueError(f'--batch_size={bs} must be at least the number of devices ({mesh.size})')
   bs -= bs % mesh.size  # whole rows per device
   eval_step = jax.jit(steps.make_eval_step(graphdef, rest, with_accuracy=data.metric == 'accuracy'))
-  batches = data.eval_batches(split, batch_size=bs, seq_len=config.seq_len, context_window=cw)
+  batches = distributed.OwnRows(  # every process its rows of each global batch
+      data.eval_batches(split, batch_size=bs, seq_len=config.seq_len, context_window=cw))
   out = evaluate.evaluate(eval_step, params, batches, mesh, metric=data.metric,
                           progress=True, desc=f'eval {split}')
   result = {'split': split, 'metric': data.metric, 'value': out.get(data.metric, out['loss']),

@@ -59,9 +59,16 @@ def flatten_params(params: dict) -> dict[str, np.ndarray]:
 
 
 def read_params(workdir: Path, step: int) -> dict[str, np.ndarray]:
+  """The saved parameters on this process's first device, whatever mesh saved them."""
+  import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  path = workdir / 'checkpoints' / str(step) / 'params'
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   with ocp.StandardCheckpointer() as ckptr:
-    params = ckptr.restore(workdir / 'checkpoints' / str(step) / 'params')
+    metadata = ckptr.metadata(path).item_metadata
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          metadata)
+    params = ckptr.restore(path, target)
   return flatten_params(params)
 
 

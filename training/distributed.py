@@ -222,6 +222,29 @@ def local_bytes(tree: Any, device=None) -> int:
              if s.device == device)
 
 
+class OwnRows:
+  """This process's consecutive share of the rows of every batch of `batches` (a global batch
+  that every process builds the same way); all of it with one process. Keeps `len()`."""
+
+  def __init__(self, batches):
+    self._batches = batches
+
+  def __len__(self):
+    return len(self._batches)
+
+  def __iter__(self):
+    p, n = jax.process_index(), jax.process_count()
+    for batch in self._batches:
+      if n == 1:
+        yield batch
+        continue
+      rows = len(next(iter(batch.values())))
+      if rows % n:
+        raise ValueError(f'an evaluation batch of {rows} rows cannot be shared by {n} processes')
+      share = rows // n
+      yield {k: v[p * share:(p + 1) * share] for k, v in batch.items()}
+
+
 def global_batch(local: dict[str, np.ndarray], mesh: Mesh, batch_axis: int = 0) -> dict[str, jax.Array]:
   """This process's rows → one global array per key, split over the `data` axis."""
   sharding = batch_sharding(mesh, batch_axis)

@@ -270,8 +270,8 @@ def _train(plan: _Plan, stop: signals.StopRequest) -> dict:
         out.update(bleu=scores['bleu'], sacrebleu=scores['sacrebleu'],
                    bleu_sentences=len(hypotheses))
     else:
-      batches = data.eval_batches('valid', batch_size=config.batch_size // jax.process_count(),
-                                  seq_len=config.seq_len)
+      batches = distributed.OwnRows(data.eval_batches('valid', batch_size=config.batch_size,
+                                                      seq_len=config.seq_len))
       out = evaluate.evaluate(eval_step, state['params'], batches, mesh, metric=data.metric,
                               max_batches=max_batches)
     if log:
