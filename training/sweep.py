@@ -26,7 +26,9 @@ seed (`--seeds=N` sets `config.seed` to 0 … N−1).
 `eval-<name>.json` (each evaluation's JSON line, kept once written) and `done.json` (written
 last). A rerun of the same sweep command skips finished jobs and resumes the others from their
 checkpoints (train.py resumes by itself), so a killed sweep loses at most the unsaved steps of
-its running jobs; nothing finished is ever overwritten.
+its running jobs; nothing finished is ever overwritten. The jobs share JAX's persistent
+compilation cache in `<root>/compilation_cache` (unless `JAX_COMPILATION_CACHE_DIR` is set):
+the seeds of a row run the same programs, so only the first compiles them.
 
 **Launchers** (no home-made scheduler):
 
@@ -84,6 +86,7 @@ except ImportError:  # only --launcher=slurm needs it
 REPO = Path(__file__).resolve().parents[1]
 ROW_META = ('name', 'group', 'x', 'after', 'evals')   # row keys that are not config overrides
 NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._=,+-]*$')
+COMPILATION_CACHE = 'compilation_cache'  # <root>/compilation_cache: shared by the sweep's jobs
 
 
 class SweepError(ValueError):
@@ -310,6 +313,10 @@ class Job:
   def done(self) -> bool:
     return (self.state_dir / 'done.json').exists()
 
+  @property
+  def compilation_cache(self) -> Path:
+    return self.workdir.parents[1] / COMPILATION_CACHE  # <root>/<row>/seed<s> → <root>/...
+
   def record(self) -> dict:
     return {'row': self.row.name, 'group': self.row.group, 'x': self.row.x, 'seed': self.seed,
             'after': self.row.after,
@@ -389,7 +396,12 @@ class Runner:
           return
       time.sleep(0.5)
 
-  def _call(self, argv: Sequence[str], log: Path) -> subprocess.CompletedProcess:
+  def _call(self, argv: Sequence[str], log: Path, cache: Path) -> subprocess.CompletedProcess:
+    # The jobs of a sweep share JAX's persistent compilation cache: the seeds of a row run the
+    # same programs (the seed is data, not code), so only the first seed compiles. A cache hit
+    # runs exactly the executable a fresh compile would give.
+    env = dict(os.environ)
+    env.setdefault('JAX_COMPILATION_CACHE_DIR', str(cache))
     with open(log, 'a', encoding='utf-8') as out:
       out.write(f'$ {shell_line(argv)}\n')
       out.flush()
@@ -397,7 +409,7 @@ class Runner:
         if self.stopping:
           return subprocess.CompletedProcess(argv, 143, '', '')
         proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=out, text=True)
+                                stderr=out, text=True, env=env)
         self._running.add(proc)
       try:
         stdout, _ = proc.communicate()
@@ -418,7 +430,7 @@ class Runner:
     start = time.time()
     final = job.workdir / 'final.json'
     if not final.exists():            # written once, when training has finished
-      train = self._call(job.train, job.state_dir / 'train.log')
+      train = self._call(job.train, job.state_dir / 'train.log', job.compilation_cache)
       if train.returncode in (130, 143) or self.stopping:
         return 'stopped'
       if train.returncode != 0:
@@ -428,7 +440,7 @@ class Runner:
       path = job.state_dir / f'eval-{ev.name}.json'
       if path.exists():
         continue
-      result = self._call(argv, job.state_dir / f'eval-{ev.name}.log')
+      result = self._call(argv, job.state_dir / f'eval-{ev.name}.log', job.compilation_cache)
       if result.returncode in (130, 143) or self.stopping:
         return 'stopped'
       lines = [l for l in result.stdout.splitlines() if l.startswith('{')]
