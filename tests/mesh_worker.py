@@ -77,6 +77,28 @@ class Run:
     return {jax.tree_util.keystr(p): np.asarray(x).ravel().tolist() for p, x in flat}
 
 
+def seq2seq_losses() -> list[float]:
+  """The encoder–decoder's teacher-forced loss on one device and with fsdp=2 × tensor=2."""
+  from configs import iwslt14  # pylint: disable=g-import-not-at-top
+  c = iwslt14.get_config('size=tiny')
+  c.model.src_vocab_size = c.model.tgt_vocab_size = 40
+  graphdef, params, rest = builders.split_model(builders.build_model(c))
+  rng = np.random.default_rng(0)
+  batch = {'source': rng.integers(2, 40, (8, 9)).astype(np.int32),
+           'target_in': rng.integers(2, 40, (8, 7)).astype(np.int32),
+           'targets': rng.integers(2, 40, (8, 7)).astype(np.int32),
+           'weights': np.ones((8, 7), np.float32)}
+  batch['source'][:, -2:] = c.model.pad_id  # padded sources
+  eval_step = jax.jit(steps.make_eval_step(graphdef, rest, with_accuracy=False))
+  losses = []
+  for sizes, n in (({}, 1), ({'fsdp': 2, 'tensor': 2}, 4)):
+    mesh = mesh_of(sizes, n)
+    placed = jax.device_put(params, distributed.param_shardings(params, mesh))
+    m = eval_step(placed, distributed.global_batch(batch, mesh))
+    losses.append(float(m['loss_sum'] / m['weight']))
+  return losses
+
+
 def main() -> None:
   assert jax.device_count() == 8, jax.device_count()
   out = {'losses': {}, 'params': {}}
@@ -120,6 +142,7 @@ def main() -> None:
     losses = [Run(tiny_config(kind, layers=1), mesh_of(sizes, n)).eval_loss()
               for sizes, n in (({}, 1), ({'data': 2, 'tensor': 2}, 4))]
     out['kinds'][kind] = losses
+  out['seq2seq'] = seq2seq_losses()
   print(json.dumps(out))
 
 

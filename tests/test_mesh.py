@@ -6,7 +6,8 @@ and final parameters must equal the single device's within float32 reduction tol
 must hold about 1/8 of the parameter and optimizer bytes per device; a checkpoint saved under
 FSDP on 8 devices must restore exactly onto a 2-device data-parallel mesh and train on with the
 losses of the run that never moved; every attention kind must give the single-device loss with
-its heads split over 2 devices. The refusals are checked in-process.
+its heads split over 2 devices, and the encoder–decoder its loss under fsdp=2 × tensor=2. The
+refusals are checked in-process.
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ def test_checkpoint_moves_between_meshes(worker):
 @pytest.mark.parametrize('kind', list(default.SWEEP_KINDS))
 def test_every_kind_runs_with_heads_split(worker, kind):
   one, split = worker['kinds'][kind]
+  np.testing.assert_allclose(split, one, rtol=2e-6)
+
+
+@pytest.mark.slow
+def test_encoder_decoder_with_sharded_parameters_and_heads(worker):
+  one, split = worker['seq2seq']
   np.testing.assert_allclose(split, one, rtol=2e-6)
 
 
