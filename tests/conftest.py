@@ -49,6 +49,16 @@ def pytest_sessionfinish(session, exitstatus):
       os.environ[name] = value
 
 
+@pytest.fixture(scope='session')
+def uninterrupted(tmp_path_factory):
+  """One finished 40-step run of `tests/test_train.py` TINY (1 device), which the resume, fault
+  and multi-process tests compare against; they only read it (or copy it)."""
+  from tests import test_train  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  test_train.run('train.py', *test_train.TINY, f'--workdir={workdir}')
+  return workdir
+
+
 def pytest_collection_modifyitems(config, items):
   backend = jax.default_backend()
   for item in items:

@@ -113,13 +113,6 @@ def _wait_for(proc: subprocess.Popen, condition, what: str, timeout: float = 300
   raise AssertionError(f'timed out waiting for {what}')
 
 
-@pytest.fixture(scope='module')
-def uninterrupted(tmp_path_factory) -> Path:
-  workdir = tmp_path_factory.mktemp('faults-uninterrupted')
-  run('train.py', *TINY, f'--workdir={workdir}')
-  return workdir
-
-
 # --------------------------------------------------------------------------------- SIGKILL
 
 

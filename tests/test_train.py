@@ -72,13 +72,6 @@ def read_params(workdir: Path, step: int) -> dict[str, np.ndarray]:
   return flatten_params(params)
 
 
-@pytest.fixture(scope='module')
-def uninterrupted(tmp_path_factory) -> Path:
-  workdir = tmp_path_factory.mktemp('uninterrupted')
-  run('train.py', *TINY, f'--workdir={workdir}')
-  return workdir
-
-
 def test_killed_run_resumes_bitwise(uninterrupted, tmp_path):
   workdir = tmp_path / 'killed'
   proc = subprocess.Popen([sys.executable, 'train.py', *TINY, f'--workdir={workdir}'], cwd=REPO,
