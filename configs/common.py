@@ -126,7 +126,15 @@ def decode_config() -> ml_collections.ConfigDict:
   c.max_len_b = 10
   c.min_len = 1
   c.mode = 'auto'             # auto | incremental (key/value cache) | recompute (whole prefix)
-  c.max_tokens = 8192         # source tokens per decoding batch (per device)
+  c.max_tokens = 8192         # source tokens per decoding batch (per device): rows × width
+  # Decoding batch shapes, one compiled search each (training/translate.py). A sentence goes to
+  # the narrowest of `length_buckets` that holds its source (tokens with </s>; widths are capped
+  # at the model's positions, and a bucket that wide is added for longer sentences) and is
+  # padded to it. Batches of a bucket have the largest of `batch_sizes` within max_tokens; what
+  # is left is cut into the smaller sizes, its last batch padded with empty rows. () = exact
+  # shapes: the data layer's batches, one compilation per (rows, width) they happen to have.
+  c.length_buckets = (16, 32, 64, 128, 256)
+  c.batch_sizes = (16, 128)   # rows per device a decoding batch may have
   c.valid_beam_size = 1       # beam of the BLEU on a validation subset during training
   c.valid_sentences = 200     # validation sentences decoded for that BLEU (0 = off)
   return c

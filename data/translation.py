@@ -907,6 +907,25 @@ class TranslationData:
   def num_examples(self, split: str) -> int:
     return len(self._splits[canonical_split(split)].kept)
 
+  def source_lengths(self, split: str) -> np.ndarray:
+    """[N] source tokens (with `</s>`) of the split's sentences, in `sources(split)` order."""
+    return self._splits[canonical_split(split)].src_lengths
+
+  def source_rows(self, split: str, ids: np.ndarray, width: int) -> np.ndarray:
+    """[R, width] int32 sources of sentences `ids` (as in `eval_batches`), padded with pad_id.
+
+    For decoders that choose their own batch shapes; id -1 gives a row of pad (a filling row).
+    """
+    s = self._splits[canonical_split(split)]
+    ids = np.asarray(ids, np.int64)
+    real = ids >= 0
+    if real.any() and s.src_lengths[ids[real]].max() > width:
+      raise ValueError(f'width={width} is narrower than the longest requested source '
+                       f'({s.src_lengths[ids[real]].max()} tokens); pass a wider width')
+    rows, _ = _padded_rows(s.src_tokens, s.src_offsets, s.kept[np.where(real, ids, 0)], width,
+                           self.pad_id)
+    return np.where(real[:, None], rows, self.pad_id).astype(np.int32)
+
   def describe(self) -> dict[str, Any]:
     """JSON-able identity: files, vocabularies, sizes, skips; 'fingerprint' over what matters."""
     c = self._config

@@ -4,13 +4,31 @@
                             max_positions=config.model.max_len, mesh=mesh)
     hypotheses = translator.translate(params, 'test', progress=True)   # split order
     scores = translator.score(hypotheses, 'test')                      # training/bleu.py
+    translator.compiled                                                # shapes compiled so far
 
-Sentences are decoded in batches of about `decode.max_tokens` source tokens (sorted by length by
-the data layer), each row's output limited to `max_len_a · |source| + max_len_b` tokens before
-EOS (fairseq's rule; |source| counts the source EOS, as fairseq's does) and to the model's
-positions. One compiled search serves every batch of the same shape. Outputs are put back in the
-split's order by sentence id, turned into text at the references' level (`data.postprocess`:
-BPE `@@ ` removed, or sentencepiece decoded), and never dropped: every sentence gets a line.
+Each row's output is limited to `max_len_a · |source| + max_len_b` tokens before EOS (fairseq's
+rule; |source| counts the source EOS, as fairseq's does) and to the model's positions.
+
+**Batch shapes.** The jitted search compiles once per (rows, source width, buffer length), about
+8 s on a CPU core for the WMT14 `small` beam search, so shapes are chosen from a small fixed set
+(`decode.length_buckets` × `decode.batch_sizes`, `plan_batches`; newstest2014 needs 7 shapes,
+where the data layer's exact batches need 16): a sentence goes to the narrowest bucket width
+that holds its source, sentences of a bucket are sorted by length and cut into batches of the
+allowed sizes, the last one filled with empty rows (id -1, all pad, max length 0, so they end
+at once). The output buffer is derived from the bucket width, so it is
+static per bucket, while each row keeps its own limit from its own length. The encoder masks pad
+keys and every row is searched independently, so neither pad columns nor extra rows change a
+hypothesis (tests/test_decode_buckets.py checks this against the exact shapes).
+`decode.length_buckets=()` keeps the exact shapes: the data layer's batches (`eval_batches`,
+about `decode.max_tokens` tokens, bucketed by the longer side in steps of `data.length_bucket`),
+one compilation per batch shape; benchmarks/decode.py `--test_set` compares the two. On CPU the
+search itself dominates a whole test set, so buckets pay most where decoding is short, as for
+the validation BLEU during training (docs/benchmarks.md).
+
+Global batches hold a multiple of the device count of rows, split over processes; every process
+gets every hypothesis back. Outputs are put back in the split's order by sentence id, turned into
+text at the references' level (`data.postprocess`: BPE `@@ ` removed, or sentencepiece decoded),
+and never dropped: every sentence gets a line.
 """
 
 from __future__ import annotations
@@ -24,6 +42,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from configs import common
 from models import decoding
 from training import bleu, distributed
 from training.progress import DEFAULT_INTERVAL, Progress
@@ -31,7 +50,12 @@ from training.progress import DEFAULT_INTERVAL, Progress
 
 @dataclasses.dataclass(frozen=True)
 class DecodeSettings:
-  """The decoding protocol; `describe()` is what a reported BLEU carries with it."""
+  """The decoding protocol; `describe()` is what a reported BLEU carries with it.
+
+  `max_tokens`, `length_buckets` and `batch_sizes` only choose batch shapes (configs/common.py
+  `decode_config`); they never change a hypothesis. Built directly, the settings keep the exact
+  shapes (`length_buckets=()`); `from_config` takes the config's buckets.
+  """
   beam_size: int = 5
   length_penalty: decoding.LengthPenalty = decoding.LengthPenalty('fairseq', 1.0)
   max_len_a: float = 0.0
@@ -39,6 +63,18 @@ class DecodeSettings:
   min_len: int = 1
   mode: str = 'auto'
   max_tokens: int = 8192
+  length_buckets: tuple[int, ...] = ()
+  batch_sizes: tuple[int, ...] = ()
+
+  def __post_init__(self):
+    for name in ('length_buckets', 'batch_sizes'):
+      value = tuple(getattr(self, name))
+      if any(not isinstance(v, (int, np.integer)) or v < 1 for v in value):
+        raise ValueError(f'decode.{name}={value!r}: expected positive integers')
+      object.__setattr__(self, name, tuple(int(v) for v in value))
+    if self.length_buckets and not self.batch_sizes:
+      raise ValueError('decode.batch_sizes is empty: give the rows per device a batch may have, '
+                       'e.g. (16, 128), or set decode.length_buckets=() for exact shapes')
 
   @classmethod
   def from_config(cls, c: ml_collections.ConfigDict, *, beam_size: int | None = None,
@@ -46,7 +82,9 @@ class DecodeSettings:
                   max_len_a: float | None = None, max_len_b: int | None = None
                   ) -> 'DecodeSettings':
     """`config.decode` with command-line overrides; `lenpen` selects fairseq's penalty and
-    `alpha` the GNMT one (giving both is an error)."""
+    `alpha` the GNMT one (giving both is an error). A config recorded before the batch-shape
+    keys existed (a workdir's config.json) gets today's defaults for them."""
+    defaults = common.decode_config()
     if lenpen is not None and alpha is not None:
       raise ValueError('give --lenpen (fairseq: score / len**lenpen) or --alpha (GNMT: score / '
                        '((5 + len) / 6)**alpha), not both')
@@ -64,7 +102,9 @@ class DecodeSettings:
                    length_penalty=penalty,
                    max_len_a=c.max_len_a if max_len_a is None else max_len_a,
                    max_len_b=c.max_len_b if max_len_b is None else max_len_b,
-                   min_len=c.min_len, mode=c.mode, max_tokens=c.max_tokens)
+                   min_len=c.min_len, mode=c.mode, max_tokens=c.max_tokens,
+                   length_buckets=tuple(c.get('length_buckets', defaults.length_buckets)),
+                   batch_sizes=tuple(c.get('batch_sizes', defaults.batch_sizes)))
     if settings.beam_size < 1:
       raise ValueError(f'beam size must be ≥ 1, got {settings.beam_size}')
     if settings.max_len_a < 0 or settings.max_len_b < 0:
@@ -80,15 +120,18 @@ class DecodeSettings:
 
 
 def make_search(graphdef, rest, settings: DecodeSettings, *, bos_id: int, eos_id: int,
-                pad_id: int):
+                pad_id: int, on_trace=None):
   """`search(params, source [B, S], max_lens [B], *, max_len) -> (tokens [B, L], lengths [B])`.
 
   The best hypothesis per sentence (tokens with EOS, then pad; lengths count the EOS), jitted
   with the buffer length `max_len` static. The model is (graphdef, params, rest) as in
-  training/steps.py.
+  training/steps.py. `on_trace(rows, width, max_len)`, when given, is called each time a new
+  shape is traced, i.e. once per compilation.
   """
 
   def search(params, source, max_lens, *, max_len: int):
+    if on_trace is not None:
+      on_trace(source.shape[0], source.shape[1], max_len)
     model = nnx.merge(graphdef, params, rest)
     memory, valid = model.encode(source)                                     # [B, S, D]
     b = source.shape[0]
@@ -107,8 +150,51 @@ def make_search(graphdef, rest, settings: DecodeSettings, *, bos_id: int, eos_id
   return jax.jit(search, static_argnames=('max_len',))
 
 
+def bucket_widths(length_buckets: tuple[int, ...], max_source_positions: int) -> tuple[int, ...]:
+  """The source widths batches are padded to: the buckets capped at the model's positions, and
+  a last one of all of them, so that every sentence that fits the model has a bucket."""
+  return tuple(sorted({min(w, max_source_positions) for w in length_buckets}
+                      | {max_source_positions}))
+
+
+def plan_batches(lengths: np.ndarray, widths: tuple[int, ...], batch_sizes: tuple[int, ...], *,
+                 max_tokens: int, row_multiple: int = 1) -> list[tuple[np.ndarray, int]]:
+  """Global batches `[(ids [R] int32, width)]` that hold every sentence once (ids -1: filling).
+
+  `lengths: [N]` source tokens with EOS, each ≤ `widths[-1]`. A sentence goes to the first width
+  that holds it; a bucket's sentences, shortest first (split order on ties), fill batches of the
+  largest of `batch_sizes` (rows per device, × `row_multiple` devices) with size × width ≤
+  `max_tokens` (the smallest size when none fits), then of the next smaller sizes; the last
+  batch is filled up with empty rows. Shapes used ≤ buckets used × len(batch_sizes).
+  """
+  lengths = np.asarray(lengths)
+  if len(lengths) and lengths.max() > widths[-1]:
+    raise ValueError(f'a source of {lengths.max()} tokens is longer than the widest bucket '
+                     f'({widths[-1]}); add a wider decode.length_buckets entry')
+  bucket = np.searchsorted(np.asarray(widths), lengths, side='left')
+  order = np.lexsort((np.arange(len(lengths)), lengths))
+  batches = []
+  for k, width in enumerate(widths):
+    ids = order[bucket[order] == k].astype(np.int32)
+    fits = [s for s in batch_sizes if s * width <= max_tokens] or [min(batch_sizes)]
+    start = 0
+    for size in sorted(set(fits), reverse=True):
+      rows = size * row_multiple
+      while len(ids) - start >= rows:
+        batches.append((ids[start:start + rows], width))
+        start += rows
+    if start < len(ids):
+      rest = ids[start:]
+      fill = np.full(min(fits) * row_multiple - len(rest), -1, np.int32)
+      batches.append((np.concatenate([rest, fill]), width))
+  return batches
+
+
 class Translator:
-  """Decodes splits of a `TranslationData` with a model given as (graphdef, params, rest)."""
+  """Decodes splits of a `TranslationData` with a model given as (graphdef, params, rest).
+
+  `compiled` lists the (rows, width, buffer length) shapes the search has been compiled for.
+  """
 
   def __init__(self, graphdef, rest, data, settings: DecodeSettings, *, max_positions: int,
                mesh):
@@ -117,13 +203,31 @@ class Translator:
     self.mesh = mesh
     # The decoder sees bos plus the output, so at most max_positions − 1 tokens before EOS.
     self.cap = max_positions - 1
+    self.compiled: list[tuple[int, int, int]] = []
     self._search = make_search(graphdef, rest, settings, bos_id=data.bos_id,
-                               eos_id=data.eos_id, pad_id=data.pad_id)
+                               eos_id=data.eos_id, pad_id=data.pad_id,
+                               on_trace=lambda *shape: self.compiled.append(shape))
 
   def buffer_length(self, source_width: int) -> int:
     """The static output buffer L for sources padded to `source_width` (tokens with EOS)."""
     s = self.settings
     return min(math.floor(s.max_len_a * source_width + s.max_len_b), self.cap) + 1
+
+  def _batches(self, split: str, n: int):
+    """This process's rows of each global batch: (source [R, S] int32, ids [R] int32)."""
+    s = self.settings
+    if not s.length_buckets:  # exact shapes, as the data layer batches them
+      for batch in self.data.eval_batches(split, limit=n, **eval_batching(s.max_tokens)):
+        yield batch['source'], batch['ids']
+      return
+    widths = bucket_widths(s.length_buckets, self.data.max_source_positions)
+    plan = plan_batches(self.data.source_lengths(split)[:n], widths, s.batch_sizes,
+                        max_tokens=s.max_tokens, row_multiple=jax.device_count())
+    p, count = jax.process_index(), jax.process_count()
+    for ids, width in plan:
+      per = len(ids) // count
+      local = ids[p * per:(p + 1) * per]
+      yield self.data.source_rows(split, local, width), local
 
   def translate(self, params, split: str, *, max_sentences: int | None = None,
                 progress: bool = False, progress_interval: float = DEFAULT_INTERVAL) -> list[str]:
@@ -135,25 +239,25 @@ class Translator:
     """
     n = self.data.num_examples(split)
     n = n if max_sentences is None else min(n, max_sentences)
-    batches = self.data.eval_batches(split, limit=n, **eval_batching(self.settings.max_tokens))
     out: list[str | None] = [None] * n
-    pad = self.data.pad_id
+    s = self.settings
     with Progress(f'decode {split}', n, unit='sentences', interval=progress_interval,
                   enabled=progress and jax.process_index() == 0) as bar:
-      for batch in batches:
-        source = batch['source']
-        # fairseq's src_len counts the source EOS (the data layer appends it).
-        max_lens = decoding.max_output_lengths((source != pad).sum(1), a=self.settings.max_len_a,
-                                               b=self.settings.max_len_b, cap=self.cap)
-        max_len = self.buffer_length(source.shape[1])
-        global_source = distributed.global_batch({'source': source}, self.mesh)['source']
-        tokens, lengths = self._search(params, global_source, max_lens, max_len=max_len)
-        tokens, lengths = (np.asarray(x) for x in _gather((tokens, lengths)))
-        for row, sentence in enumerate(batch['ids']):
-          if sentence >= 0:
-            out[sentence] = self.data.postprocess(tokens[row, :max(lengths[row] - 1, 0)])
-        # This process's real rows (all of them on one host).
-        bar.update(int((np.asarray(batch['ids']) >= 0).sum()))
+      for source, ids in self._batches(split, n):
+        # fairseq's src_len counts the source EOS (the data layer appends it). Filling rows get
+        # no tokens before EOS, so they never keep the search loop running.
+        max_lens = decoding.max_output_lengths((source != self.data.pad_id).sum(1),
+                                               a=s.max_len_a, b=s.max_len_b, cap=self.cap)
+        max_lens = np.where(ids >= 0, max_lens, 0).astype(np.int32)
+        batch = distributed.global_batch({'source': source, 'max_lens': max_lens,
+                                          'ids': np.asarray(ids, np.int32)}, self.mesh)
+        tokens, lengths = self._search(params, batch['source'], batch['max_lens'],
+                                       max_len=self.buffer_length(source.shape[1]))
+        tokens, lengths, every_id = (np.asarray(x)
+                                     for x in _gather((tokens, lengths, batch['ids'])))
+        for row in np.flatnonzero(every_id >= 0):
+          out[every_id[row]] = self.data.postprocess(tokens[row, :max(lengths[row] - 1, 0)])
+        bar.update(int((every_id >= 0).sum()))
     missing = [i for i, h in enumerate(out) if h is None]
     if missing:
       raise RuntimeError(f'{len(missing)} sentence(s) of {split} were not decoded (first: '
