@@ -1,9 +1,9 @@
 """Sweeps: a paper's comparison as one command, on local processes or SLURM (through submitit).
 
-    python -m training.sweep --config=configs/default.py --sweep=mqar_kinds --seeds=3
+    python -m training.sweep --config=configs/default.py --sweep=mqar_pairs --seeds=3
     python -m training.sweep --config=configs/wikitext103.py:size=small --sweep=dagpam \\
         --launcher=slurm --slurm_partition=gpu --slurm_gpus_per_node=1 --seeds=3
-    python -m training.sweep report --root=sweeps/default-mqar_kinds
+    python -m training.sweep report --root=sweeps/default-mqar_pairs
 
 **Definitions live beside the configs** (as big_vision does): a task config may define
 `get_sweep(arg)`, with `arg` the same preset string as `get_config(arg)`, returning

@@ -1,7 +1,7 @@
 """The report of a sweep folder: mean ± standard deviation over seeds, ranks that respect the
 seed noise, learning curves and metric-against-x plots.
 
-    python -m training.sweep report --root=sweeps/default-mqar_kinds [--update_doc=docs/results.md]
+    python -m training.sweep report --root=sweeps/default-mqar_pairs [--update_doc=docs/results.md]
 
 Reads what the jobs of training/sweep.py left (`<root>/<row>/seed<s>/sweep/`: `job.json`,
 `done.json`, `eval-<name>.json`, and the run's `metrics.jsonl`); only finished jobs count.
