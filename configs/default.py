@@ -12,7 +12,7 @@ is 1/16 = 6.25% (16 value tokens). Expected: validation accuracy ≥ 0.90 within
 Presets: `steps=<N>` (number of updates), `attention=<kind>`.
 
 Sweeps (`python -m training.sweep --config=configs/default.py --sweep=NAME --seeds=3`):
-  mqar_pairs   every kind at 4, 16 and 32 key–value pairs (sequences of 64, 8 queries).
+  mqar_pairs   every kind at 8, 16 and 32 key–value pairs (sequences of 64, 8 queries).
   mqar_length  every kind at sequences of 32 and 128 tokens (8 pairs; 64 is the default run).
 Each row is one kind at one size, with the same width (2 layers × 128), updates (600) and
 optimizer; the sizes are few so that both sweeps (135 jobs) run in about 1.5 hours on 2 CPU
@@ -82,7 +82,7 @@ def get_sweep(arg: str | None = None):
             for kind, options in SWEEP_KINDS.items() for size in sizes]
 
   pairs = [(n, {'data.num_kv_pairs': n, 'data.key_vocab_size': 32, 'seq_len': 64,
-                'model.max_len': 64}) for n in (4, 16, 32)]
+                'model.max_len': 64}) for n in (8, 16, 32)]
   lengths = [(t, {'seq_len': t, 'model.max_len': t}) for t in (32, 128)]
   return {
       'mqar_pairs': {
