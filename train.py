@@ -75,7 +75,8 @@ def main(argv):
              else default_workdir(config_flags.get_config_filename(flags.FLAGS['config'])))
   with cli.user_errors():
     # pylint: disable-next=g-import-not-at-top (keeps --help fast)
-    from training import loop, signals
+    from training import cpu_settings, loop, signals
+    cpu_settings.configure()
     try:
       loop.train_and_evaluate(config, workdir, resume_intact=_RESUME_INTACT.value)
     except loop.NonFiniteError as e:

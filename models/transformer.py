@@ -30,6 +30,7 @@ from flax import nnx
 
 import attention
 from attention import biases as biases_lib
+from attention import cpu_paths
 from attention import masks as masks_lib
 from models import positions as positions_lib
 
@@ -59,6 +60,30 @@ def validate_block_options(config: ml_collections.ConfigDict) -> None:
   for key in ('dropout', 'activation_dropout'):
     if not 0.0 <= config[key] < 1.0:
       raise ValueError(f'model.{key}={config[key]} must lie in [0, 1)')
+
+
+def flat_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
+                     out_sharding=None):
+  """`lax.dot_general` for `nnx.Linear` that on CPU multiplies `[..., I]` as one `[M, I]` matrix.
+
+  Why: the weight gradient of `x [B, T, I] @ W` contracts x and the output gradient over both B
+  and T. XLA:CPU then transposes the output gradient and runs the product with both operands
+  transposed in Eigen, at about half the speed of a plain matrix product; with the leading
+  dimensions merged first it is one `xᵀ·g` of 2-D matrices (the LM training step on 2 cores:
+  about 9% faster). The products are the same; accelerators get `lax.dot_general` unchanged
+  (attention/cpu_paths.py).
+  """
+  (lhs_contract, rhs_contract), batch = dimension_numbers
+  if (not cpu_paths.enabled() or out_sharding is not None or lhs.ndim < 3
+      or lhs_contract != (lhs.ndim - 1,) or rhs_contract != (0,) or rhs.ndim != 2
+      or batch != ((), ())):
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=preferred_element_type,
+                               out_sharding=out_sharding)
+  y = jax.lax.dot_general(lhs.reshape(-1, lhs.shape[-1]), rhs, (((1,), (0,)), ((), ())),
+                          precision=precision, preferred_element_type=preferred_element_type)
+  return y.reshape(lhs.shape[:-1] + rhs.shape[1:])
+
 
 _xavier_uniform = nnx.initializers.xavier_uniform()
 # Xavier uniform with gain g scales the bound by g, i.e. the variance by g² (= 1/2 here).
@@ -116,7 +141,8 @@ class MultiHeadAttention(nnx.Module):
 
     def linear(n_in, n_out, init):
       return nnx.Linear(n_in, n_out, dtype=dtype, param_dtype=jnp.float32, kernel_init=init,
-                        bias_init=nnx.initializers.zeros_init(), rngs=rngs)
+                        bias_init=nnx.initializers.zeros_init(), dot_general=flat_dot_general,
+                        rngs=rngs)
 
     self.q_proj = linear(d_model, self.q_heads * self.head_dim_qk, _xavier_uniform_qkv)
     self.k_proj = linear(d_model, self.kv_heads * self.head_dim_qk, _xavier_uniform_qkv)
@@ -224,7 +250,7 @@ class FeedForward(nnx.Module):
     def linear(n_in, n_out):
       return nnx.Linear(n_in, n_out, dtype=dtype, param_dtype=jnp.float32,
                         kernel_init=_xavier_uniform, bias_init=nnx.initializers.zeros_init(),
-                        rngs=rngs)
+                        dot_general=flat_dot_general, rngs=rngs)
 
     self.fc1 = linear(d_model, d_ff)
     self.fc2 = linear(d_ff, d_model)

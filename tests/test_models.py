@@ -14,6 +14,7 @@ from flax import nnx
 
 import attention
 import attention.registry
+from attention import cpu_paths
 from attention import masks as masks_lib
 from attention.softmax import SoftmaxAttention
 from configs import common
@@ -475,6 +476,26 @@ def test_model_is_a_tree():
   merged = nnx.merge(graphdef, state)
   tokens = random_tokens()
   np.testing.assert_allclose(forward(merged, tokens), forward(model, tokens), atol=1e-6)
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='the CPU paths are CPU-only')
+def test_cpu_paths_compute_what_the_generic_paths_compute():
+  # 130 tokens: on CPU the causal softmax runs in query blocks of 64 and the linear layers
+  # multiply [B·T, D] matrices (attention/cpu_paths.py); loss and gradients are those of the
+  # generic computation.
+  model = make_lm(max_len=160, activation='gelu')
+  tokens = random_tokens(3, (B, 130))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def loss(params):
+    lm = nnx.merge(graphdef, params, rest)
+    return jnp.mean(lm.token_nll(lm(tokens), tokens))
+
+  fast = jax.jit(jax.value_and_grad(loss))(params)
+  with cpu_paths.disabled():
+    generic = jax.jit(jax.value_and_grad(lambda p: loss(p)))(params)
+  for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(generic)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_dropout_reseed_changes_output_and_is_deterministic():

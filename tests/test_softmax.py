@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attention import biases, masks
-from attention.softmax import SoftmaxAttention, attention_weights
+from attention.softmax import (SoftmaxAttention, attention_weights, query_block_spans,
+                               weighted_values)
 from tests import attention_doubles
 from tests.attention_doubles import DenseBias, DenseMask
 
@@ -109,6 +110,46 @@ def test_matches_reference_without_mask_and_with_structured_masks():
   _, expected = reference_attention(q, k, v, allowed, -slopes * (i - j))
   np.testing.assert_allclose(run(make_core(), q, k, v, alibi, mask=mask), expected,
                              atol=1e-5, rtol=1e-5)
+
+
+def test_query_block_spans_skip_only_key_tiles_the_mask_forbids():
+  assert query_block_spans(masks.causal(), 200, 200, 64) == [
+      (0, 64, 0, 64), (64, 128, 0, 128), (128, 192, 0, 192), (192, 200, 0, 200)]
+  assert query_block_spans(masks.local_window(10), 256, 256, 64)[2] == (128, 192, 64, 192)
+  # Nothing to skip: no mask, one block, or a mask known only at run time.
+  padding = masks.padding(None, jnp.ones((1, 200), bool))
+  for mask, q_len in ((None, 200), (masks.causal(), 64), (padding, 200)):
+    assert query_block_spans(mask, q_len, q_len, 64) is None
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='the query-block path is CPU-only')
+def test_cpu_query_blocks_match_the_reference_and_the_full_computation():
+  # 150 queries: two blocks of 64 and a ragged one; the padded row 149 of example 1 sees nothing.
+  length = 150
+  q, k, v = random_qkv(9, 2, length, length)
+  valid = np.ones((2, length), bool)
+  valid[1, 140:] = False
+  mask = masks.causal() & masks.padding(jnp.asarray(valid), jnp.asarray(valid))
+  assert query_block_spans(mask, length, length, 64) is not None
+  score_mod = biases.learnable(biases.alibi(NUM_HEADS), max_len=length)
+  core = make_core()
+  allowed = np.asarray(mask.dense(length, length))
+  bias = np.asarray(biases.alibi(NUM_HEADS).dense(length, length, NUM_HEADS))
+  _, expected = reference_attention(q, k, v, allowed, bias)
+  np.testing.assert_allclose(run(core, q, k, v, score_mod, mask=mask), expected,
+                             atol=1e-5, rtol=1e-5)
+
+  def blocked(score_mod, q, k, v):
+    return jnp.sum(jnp.sin(core(q, k, v, mask, score_mod=score_mod)))
+
+  def full(score_mod, q, k, v):
+    w = attention_weights(q, k, mask, score_mod)
+    return jnp.sum(jnp.sin(weighted_values(w, v, jnp.float32)))
+
+  grads = [nnx.jit(nnx.grad(f, argnums=(0, 1, 2, 3)))(score_mod, q, k, v) for f in (blocked, full)]
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    assert jnp.isfinite(a).all()
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_fully_masked_row_is_zero_with_finite_gradients():
