@@ -39,9 +39,10 @@ def get_sweep(arg=None):
       'tiny': {'doc': 'two kinds', 'evals': test, 'rows': [
           {'name': 'softmax', 'attention.kind': 'softmax'},
           {'name': 'dagpam', 'attention.kind': 'dagpam'}]},
-      'same_folder': {'rows': [{'name': 'a', 'seq_len': 16}, {'name': 'a', 'seq_len': 32}]},
+      'same_folder': {'rows': [{'name': 'a', 'seq_len': 24}, {'name': 'a', 'seq_len': 32}]},
       'bad_key': {'rows': [{'attention.kindd': 'softmax'}]},
       'bad_type': {'rows': [{'seq_len': 'long'}]},
+      'bad_value': {'rows': [{'name': 'few_pairs', 'data.num_kv_pairs': 4}]},
   }
 '''
 
@@ -146,6 +147,7 @@ def test_slurm_path_runs_through_submitit_local_executor(tmp_path, config_file):
     (['--sweep=nope'], "unknown sweep 'nope'"),
     (['--sweep=bad_key'], "no key 'attention.kindd'"),
     (['--sweep=bad_type'], 'seq_len'),
+    (['--sweep=bad_value'], "row 'few_pairs': num_queries (8) may not exceed num_kv_pairs (4)"),
     (['--sweep=same_folder'], 'two jobs would share the workdir'),
     (['--sweep=tiny', '--launcher=slurm'], 'use --launcher=local'),
     (['--sweep=tiny', '--set=seq_len=long'], "--set=seq_len=long: invalid literal"),

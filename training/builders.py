@@ -13,6 +13,7 @@ from flax import nnx
 
 import attention
 import data as data_lib
+from data import synthetic
 from models.lm import TransformerLM
 from models.seq2seq import EncoderDecoder
 from training import distributed
@@ -21,10 +22,13 @@ TASKS = ('lm', 'translation')
 NAN_POLICIES = ('stop', 'skip_update')
 
 
-def check_config(config: ml_collections.ConfigDict, n_devices: int) -> int:
+def check_config(config: ml_collections.ConfigDict, n_devices: int,
+                 process_count: int | None = None) -> int:
   """The checks that need neither data nor a model; rows per micro-batch on this process.
 
-  `n_devices`: how many parts a batch is split into (the mesh's data × fsdp devices).
+  `n_devices`: how many parts a batch is split into (the mesh's data × fsdp devices);
+  `process_count`: the processes sharing a batch (default `jax.process_count()`, which starts
+  the backend: a sweep launcher checking its jobs passes 1 so as not to hold a TPU).
   """
   if config.task not in TASKS:
     raise ValueError(f'unknown task {config.task!r}; known: {", ".join(TASKS)}')
@@ -49,7 +53,12 @@ def check_config(config: ml_collections.ConfigDict, n_devices: int) -> int:
     if config.data.max_tokens < 1:
       raise ValueError(f'data.max_tokens={config.data.max_tokens} must be positive')
     return 0
-  n_proc = jax.process_count()
+  if config.task == 'lm' and config.data.name == 'mqar':
+    synthetic.check_options(
+        seq_len=config.seq_len, num_kv_pairs=config.data.num_kv_pairs,
+        num_queries=config.data.num_queries, key_vocab_size=config.data.key_vocab_size,
+        value_vocab_size=config.data.value_vocab_size, pair_tokens=config.data.pair_tokens)
+  n_proc = jax.process_count() if process_count is None else process_count
   if config.batch_size < 1 or config.seq_len < 1:
     raise ValueError(f'batch_size={config.batch_size} and seq_len={config.seq_len} must be '
                      'positive')

@@ -46,7 +46,8 @@ Multi-host TPU pods are not a launcher: every host runs the same `train.py` comm
 train.py ..."`, and `jax.distributed.initialize()` in train.py joins them.
 
 Everything is checked before any job starts: an unknown sweep name (the known ones are listed),
-an override key the config does not have, a value of the wrong type, two jobs that would share
+an override key the config does not have, a value of the wrong type, a row whose config
+train.py would refuse (e.g. more MQAR queries than pairs), two jobs that would share
 a workdir, a job folder whose recorded commands differ from this sweep's; each is one line on
 stderr with exit code 2. `--dry_run` prints every job's commands and runs nothing.
 
@@ -280,7 +281,10 @@ def _config_key(config, key: str, config_spec: str, where: str):
 
 
 def check_overrides(config_spec: str, sweep: Sweep) -> None:
-  """Every row's overrides exist in the config and have its types (nothing is run)."""
+  """Every row's overrides exist in the config and have its types, and every row's config
+  passes the checks `train.py` makes before it reads data (nothing is run)."""
+  # pylint: disable-next=g-import-not-at-top (jax and the models only when checking a sweep)
+  from training import builders
   path, arg = split_config_spec(config_spec)
   module = _import_config_module(path)
   for row in sweep.rows:
@@ -292,6 +296,10 @@ def check_overrides(config_spec: str, sweep: Sweep) -> None:
         parent[leaf] = value
       except (TypeError, ValueError) as e:
         raise SweepError(f'{where}: {key}={value!r}: {str(e).splitlines()[0]}') from e
+    try:
+      builders.check_config(config, 1, process_count=1)
+    except ValueError as e:
+      raise SweepError(f'{where}: {str(e).splitlines()[0]}') from e
 
 
 # ---------------------------------------------------------------------------------------- jobs
