@@ -10,7 +10,9 @@ Properties, each against an independent run:
   processes had finished writing), so it was written once;
 - both processes killed with SIGKILL and restarted end bitwise where the uninterrupted
   two-process run ends;
-- processes launched with different configs are refused before any step.
+- processes launched with different configs are refused before any step;
+- a translation run's validation (perplexity, and BLEU of a beam search whose batches are split
+  across the processes and gathered) equals one process holding both devices.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 import pytest
 
 from tests.test_train import REPO, TINY, read_params
+from tests.test_translate import _args as translation_args, _write_corpus
 from training import checkpoints as ckpt_lib
 
 pytestmark = pytest.mark.slow
@@ -47,12 +50,13 @@ def _env(devices: int, **extra) -> dict:
   return env
 
 
-def start(workdir: Path, extra=(), per_process=None) -> list[subprocess.Popen]:
-  """Two train.py processes of one run (one CPU device each)."""
+def start(workdir: Path, extra=(), per_process=None, base=None) -> list[subprocess.Popen]:
+  """Two train.py processes of one run (one CPU device each); `base`: the run's flags
+  (default: the tiny LM run)."""
   port = _free_port()
   procs = []
   for i in range(2):
-    args = list(ARGS) + list(extra) + list((per_process or {}).get(i, ()))
+    args = list(ARGS if base is None else base) + list(extra) + list((per_process or {}).get(i, ()))
     env = _env(1, JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
                JAX_PROCESS_ID=str(i))
     procs.append(subprocess.Popen([sys.executable, 'train.py', *args, f'--workdir={workdir}'],
@@ -142,3 +146,33 @@ def test_processes_with_different_configs_are_refused(tmp_path):
     assert 'the processes disagree on the config' in stderr
     assert 'Traceback' not in stderr
   assert not (workdir / 'checkpoints').exists()
+
+
+def test_two_process_translation_validates_like_one(tmp_path):
+  """The validation BLEU decodes each process's rows of a batch and gathers the hypotheses with
+  their sentence ids and length limits: every process must score all 12 sentences, and the
+  scores, hypothesis length and unigram precision must be those of one process holding both
+  devices (a hypothesis matched with another sentence's limit or id changes them)."""
+  corpus = tmp_path / 'corpus'
+  _write_corpus(corpus)
+  args = translation_args(corpus, steps=30) + [
+      '--config.decode.valid_sentences=12', '--config.decode.valid_beam_size=2',
+      '--config.eval_every=15', '--config.optimizer.learning_rate=3e-3']
+  single = tmp_path / 'single'
+  proc = subprocess.run([sys.executable, 'train.py', *args, f'--workdir={single}'], cwd=REPO,
+                        env=_env(2), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  finish(start(tmp_path / 'two', base=args))
+
+  def valid(workdir):
+    rows = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+    return {r['step']: r for r in rows if r['split'] == 'valid'}
+
+  a, b = valid(single), valid(tmp_path / 'two')
+  assert sorted(a) == sorted(b) == [15, 30]
+  for step in a:
+    assert a[step]['bleu_sentences'] == b[step]['bleu_sentences'] == 12
+    assert a[step]['bleu_p1'] > 0  # some right words, so that a mix-up of rows would show
+    np.testing.assert_allclose(b[step]['loss'], a[step]['loss'], rtol=2e-6)
+    for key in ('bleu', 'sacrebleu', 'bleu_hyp_len', 'bleu_p1'):
+      np.testing.assert_allclose(b[step][key], a[step][key], rtol=1e-9, err_msg=key)

@@ -267,8 +267,10 @@ def _train(plan: _Plan, stop: signals.StopRequest) -> dict:
         hypotheses = translator.translate(state['params'], 'valid',
                                           max_sentences=config.decode.valid_sentences)
         scores = translator.score(hypotheses, 'valid')
+        detail = scores['bleu_detail']  # fairseq's BLEU line: length and unigram precision
         out.update(bleu=scores['bleu'], sacrebleu=scores['sacrebleu'],
-                   bleu_sentences=len(hypotheses))
+                   bleu_sentences=len(hypotheses), bleu_hyp_len=detail['hyp_len'],
+                   bleu_ref_len=detail['ref_len'], bleu_p1=detail['precisions'][0])
     else:
       batches = distributed.OwnRows(data.eval_batches('valid', batch_size=config.batch_size,
                                                       seq_len=config.seq_len))
