@@ -243,3 +243,25 @@ def test_report_updates_its_block_of_a_results_page_in_place(finished, tmp_path)
   assert str(finished.resolve()) not in text and '<root>/softmax/seedSEED' in text
   assert (doc.parent / 'figures' / 'tiny' / 'curve-train_loss.png').exists()
   assert '](figures/tiny/curve-train_loss.png)' in text
+
+
+def test_rows_with_an_x_get_time_and_memory_plots(tmp_path):
+  """A length sweep (x = T) plots the metric, the training time and the evaluation peak memory
+  against T; without timings there is no cost plot."""
+  def row(group, x, seconds):
+    metrics = {'test accuracy': {'mean': 0.9, 'std': 0.01, 'n': 3},
+               'test peak_memory_bytes': {'mean': 1e6 * x, 'std': 0.0, 'n': 3}}
+    if seconds:
+      metrics['train seconds'] = {'mean': seconds * x, 'std': 1.0, 'n': 3}
+    return {'name': f'{group}-len{x}', 'group': group, 'x': x, 'metrics': metrics,
+            'eval_x': {'test': None}, 'workdirs': []}
+
+  for seconds, want in ((0.5, True), (None, False)):
+    report = {'sweep': 'mqar_length', 'x_label': 'sequence length',
+              'primary_metric': 'test accuracy',
+              'rows': [row(g, x, seconds) for g in ('softmax', 'performer') for x in (32, 128)]}
+    out = tmp_path / str(want)
+    written = {p.name for p in sweep_report.plots(report, out)}
+    assert 'metric-vs-x.png' in written
+    assert ('cost-vs-x.png' in written) == want
+    assert {p.name for p in out.iterdir()} == written

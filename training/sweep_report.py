@@ -1,5 +1,5 @@
 """The report of a sweep folder: mean ± standard deviation over seeds, ranks that respect the
-seed noise, learning curves and metric-against-x plots.
+seed noise, learning curves, metric-against-x and time- and memory-against-x plots.
 
     python -m training.sweep report --root=sweeps/default-mqar_pairs [--update_doc=docs/results.md]
 
@@ -257,7 +257,8 @@ def _valid_curves(workdir: Path) -> dict[str, dict[int, float]]:
 
 
 def plots(report: dict, out_dir: Path) -> list[Path]:
-  """Learning curves with seed bands; metric against x (rows' or evals') per group."""
+  """Learning curves with seed bands; metric against x (rows' or evals') per group; training
+  time and evaluation peak memory against the rows' x (T in a length sweep)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -305,6 +306,31 @@ def plots(report: dict, out_dir: Path) -> list[Path]:
     ax.legend(fontsize=7)
     fig.tight_layout()
     path = out_dir / 'metric-vs-x.png'
+    fig.savefig(path, dpi=120)
+    written.append(path)
+    plt.close(fig)
+  cost = [r for r in report['rows'] if r['x'] is not None]
+  if cost and any('train seconds' in r['metrics'] for r in cost):
+    # Time and memory against the row's x (the sequence length T in a length sweep).
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    memory = sorted({k for r in cost for k in r['metrics'] if k.endswith(' peak_memory_bytes')})
+    for group in sorted({r['group'] for r in cost}):
+      rows = sorted((r for r in cost if r['group'] == group), key=lambda r: r['x'])
+      for ax, key in zip(axes, ('train seconds', memory[0] if memory else None)):
+        pts = [(r['x'], r['metrics'][key]) for r in rows if key in r['metrics']]
+        if pts:
+          ax.errorbar([x for x, _ in pts], [m['mean'] for _, m in pts],
+                      yerr=[m['std'] or 0.0 for _, m in pts], marker='o', capsize=3,
+                      label=group)
+    axes[0].set_ylabel('training wall time (s; jobs may share the machine)')
+    axes[1].set_ylabel('evaluation peak memory (bytes)')
+    for ax in axes:
+      ax.set_xlabel(report['x_label'] or 'x')
+      if ax.lines:
+        ax.legend(fontsize=7)
+    fig.suptitle(f'{report["sweep"]}: time and memory (mean ± std over seeds)')
+    fig.tight_layout()
+    path = out_dir / 'cost-vs-x.png'
     fig.savefig(path, dpi=120)
     written.append(path)
     plt.close(fig)
