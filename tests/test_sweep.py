@@ -265,3 +265,12 @@ def test_rows_with_an_x_get_time_and_memory_plots(tmp_path):
     assert 'metric-vs-x.png' in written
     assert ('cost-vs-x.png' in written) == want
     assert {p.name for p in out.iterdir()} == written
+
+
+def test_report_commands_name_the_sweep_folder_as_given_not_the_absolute_path(monkeypatch,
+                                                                              tmp_path):
+  monkeypatch.chdir(tmp_path)
+  root = Path('sweeps/s')
+  argv = ['train.py', '--config.seed=1', f'--workdir={(tmp_path / root).resolve()}/a/seed1']
+  line = sweep_report._seed_placeholder(argv, 1, root)  # pylint: disable=protected-access
+  assert line == 'python train.py --config.seed=SEED --workdir=sweeps/s/a/seedSEED'

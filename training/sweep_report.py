@@ -169,8 +169,8 @@ def build(root: Path) -> dict:
         'eval_x': {ev['name']: ev.get('x') for ev in first.record.get('evals', [])},
         'protocol': protocols,
         'machine': sorted({j.done.get('machine', '?') for j in group}),
-        'commands': [_seed_placeholder(first.record['train'], first.record['seed'])]
-                    + [_seed_placeholder(e['command'], first.record['seed'])
+        'commands': [_seed_placeholder(first.record['train'], first.record['seed'], root)]
+                    + [_seed_placeholder(e['command'], first.record['seed'], root)
                        for e in first.record.get('evals', [])],
         'workdirs': [str(j.workdir) for j in group]})
   rank(rows, metric)
@@ -181,8 +181,16 @@ def build(root: Path) -> dict:
           'alpha': ALPHA, 'rows': rows}
 
 
-def _seed_placeholder(argv: Sequence[str], seed: int) -> str:
+def _seed_placeholder(argv: Sequence[str], seed: int, root: Path) -> str:
+  """The command with SEED for the seed and the sweep folder as the report was asked for it
+  (relative to the working directory when inside it), not the absolute path jobs were given."""
   line = shlex.join(['python', *argv])
+  absolute = str(root.resolve())
+  try:
+    shown = str(root.resolve().relative_to(Path.cwd().resolve()))
+  except ValueError:
+    shown = str(root)
+  line = line.replace(absolute + '/', shown + '/')
   return re.sub(rf'--config\.seed={seed}\b', '--config.seed=SEED',
                 re.sub(rf'/seed{seed}(\b|/)', r'/seedSEED\1', line))
 
