@@ -24,7 +24,8 @@ Masks and score mods. A custom_vjp cannot close over traced arrays, so the mask 
 its static part (anything built from `attention.mask` and `causal()`: a Mask holding no JAX
 arrays, evaluated on each chunk's index grid with `mask_fn`) and padding terms AND-ed at the top
 level, whose `valid_q`/`valid_k` arrays are passed explicitly; other dynamic masks (e.g.
-`segments` with per-example arrays) are refused. A score mod (additive or multiplicative, fixed
+`segments` with per-example arrays, or the OR of padding masks of a beam-search history) are
+materialised as a `[B, 1|N, T, S]` bool array and passed explicitly too. A score mod (additive or multiplicative, fixed
 or learnable) is evaluated per chunk as `score_mod(scores, q_offset=chunk_start)`; its state is
 passed explicitly (`nnx.split`) and its gradient is the vector-Jacobian product of the mod with
 dS, accumulated over chunks. Masked keys are never attended: if fewer than k keys are allowed, the
@@ -64,14 +65,16 @@ from attention.registry import accumulation_dtype, check_implementation, registe
 IMPLEMENTATIONS = ('xla', 'pallas', 'auto')
 
 
-def split_mask(mask: Mask | None, *, kind: str = 'topk') -> tuple[Mask | None, Any, Any]:
-  """`mask` as (static mask or None, valid_q [B, T] or None, valid_k [B, S] or None).
+def split_mask(mask: Mask | None) -> tuple[Mask | None, Any, Any, Mask | None]:
+  """`mask` as (static mask or None, valid_q [B, T] or None, valid_k [B, S] or None, the
+  other per-example terms or None).
 
-  The mask must be an AND of terms that are each static (hold no JAX arrays) or a padding
-  mask; the static terms are AND-ed back together.
+  The top-level AND terms that are static (hold no JAX arrays) are AND-ed back together,
+  padding terms become `valid_q`/`valid_k`, and the remaining terms (segments, an OR of
+  padding masks such as a beam-search history, …) are AND-ed into the last part.
   """
   terms = masks_lib.and_terms(mask)
-  static, valid_q, valid_k = None, None, None
+  static, valid_q, valid_k, other = None, None, None, None
   for m in terms:
     if m.is_static:
       static = m if static is None else static & m
@@ -80,12 +83,8 @@ def split_mask(mask: Mask | None, *, kind: str = 'topk') -> tuple[Mask | None, A
       if m.valid_q is not None:
         valid_q = m.valid_q if valid_q is None else valid_q & m.valid_q
     else:
-      raise ValueError(
-          f'attention.kind={kind} supports masks that are an AND of static masks (causal(), '
-          f'attention.mask expressions) and padding, but the layer got the mask {mask!r} (the '
-          f'term {m!r} holds per-example arrays outside a padding mask); use '
-          'attention.kind=softmax for it')
-  return static, valid_q, valid_k
+      other = m if other is None else other & m
+  return static, valid_q, valid_k, other
 
 
 def topk_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Mask | None = None,
@@ -168,9 +167,13 @@ def topk_selection(q: jax.Array, k: jax.Array, mask: Mask | None, score_mod: Sco
 
 def _prepare(q, k, v, mask, score_mod, *, top_k, query_chunk_size, weights_only=False):
   """Builds the custom_vjp function for these static settings and its explicit arguments."""
-  static_mask, valid_q, valid_k = split_mask(mask)
+  static_mask, valid_q, valid_k, other = split_mask(mask)
   batch, q_len, heads, _ = q.shape
   kv_len = k.shape[1]
+  # Other per-example terms are materialised, [B, 1 | N, T, S] bool, and passed explicitly.
+  dense = None if other is None else other.dense(q_len, kv_len)
+  if dense is not None:
+    dense = jnp.broadcast_to(dense, (batch, dense.shape[1], q_len, kv_len))
   valid_q = (jnp.ones((batch, q_len), bool) if valid_q is None
              else jnp.broadcast_to(jnp.asarray(valid_q, bool), (batch, q_len)))
   valid_k = (jnp.ones((batch, kv_len), bool) if valid_k is None
@@ -191,8 +194,8 @@ def _prepare(q, k, v, mask, score_mod, *, top_k, query_chunk_size, weights_only=
   plan = _Plan(top_k=min(top_k, kv_len), chunk=chunk, starts=starts, q_len=q_len,
                static_mask=static_mask, mod_def=mod_def, scale=q.shape[-1] ** -0.5, dtype=dtype)
   if weights_only:
-    return plan.dense_weights, (q, k, valid_q, valid_k, mod_state)
-  return plan.attention(), (q, k, v, valid_q, valid_k, mod_state)
+    return plan.dense_weights, (q, k, valid_q, valid_k, dense, mod_state)
+  return plan.attention(), (q, k, v, valid_q, valid_k, dense, mod_state)
 
 
 class _Plan:
@@ -218,7 +221,7 @@ class _Plan:
       s = nnx.merge(self.mod_def, mod_state)(s, q_offset=start)
     return s
 
-  def _allowed(self, start, valid_q_c, valid_k):
+  def _allowed(self, start, valid_q_c, valid_k, dense):
     """Bool [B, 1|N, C, S]: the mask on this chunk's rows."""
     q_idx = start + jnp.arange(self.chunk, dtype=jnp.int32)[:, None]
     kv_idx = jnp.arange(valid_k.shape[1], dtype=jnp.int32)[None, :]
@@ -226,6 +229,8 @@ class _Plan:
     if self.static_mask is not None:
       m = jnp.asarray(self.static_mask.mask_fn(q_idx, kv_idx), bool)
       allowed = allowed & m.reshape((1,) * (4 - m.ndim) + m.shape)
+    if dense is not None:
+      allowed = allowed & jax.lax.dynamic_slice_in_dim(dense, start, self.chunk, axis=2)
     return allowed
 
   def _assemble(self, chunks, axis):
@@ -245,10 +250,10 @@ class _Plan:
     dense = jnp.zeros(idx.shape[:-1] + (kv_len,), values.dtype)
     return jnp.put_along_axis(dense, idx, values, axis=-1, inplace=False)
 
-  def _select(self, q_c, k, start, valid_q_c, valid_k, mod_state):
+  def _select(self, q_c, k, start, valid_q_c, valid_k, dense, mod_state):
     """Top-k of one chunk: softmax values p [B, N, C, k] (0 at masked slots) and indices."""
     s = self._scores(q_c, k, start, mod_state)
-    s = jnp.where(self._allowed(start, valid_q_c, valid_k), s, -jnp.inf)
+    s = jnp.where(self._allowed(start, valid_q_c, valid_k, dense), s, -jnp.inf)
     top, idx = jax.lax.top_k(s, self.top_k)                          # sorted, descending
     kept = top > -jnp.inf
     row_max = jnp.where(kept[..., :1], top[..., :1], 0.0)
@@ -258,12 +263,12 @@ class _Plan:
 
   # -- forward --------------------------------------------------------------------------------
 
-  def _forward(self, q, k, v, valid_q, valid_k, mod_state):
+  def _forward(self, q, k, v, valid_q, valid_k, dense, mod_state):
     kv_len = k.shape[1]
 
     def step(_, start):
       p, idx = self._select(self._rows(q, start), k, start, self._rows(valid_q, start), valid_k,
-                            mod_state)
+                            dense, mod_state)
       a = self._scatter(p, idx, kv_len)
       out = jnp.einsum('bncs,bsnh->bcnh', a.astype(v.dtype), v,
                        preferred_element_type=self.dtype)
@@ -272,12 +277,12 @@ class _Plan:
     _, (out, p, idx) = jax.lax.scan(step, None, jnp.asarray(self.starts))
     return self._assemble(out, axis=2), (p, idx)
 
-  def dense_weights(self, q, k, valid_q, valid_k, mod_state):
+  def dense_weights(self, q, k, valid_q, valid_k, dense, mod_state):
     kv_len = k.shape[1]
 
     def step(_, start):
       p, idx = self._select(self._rows(q, start), k, start, self._rows(valid_q, start), valid_k,
-                            mod_state)
+                            dense, mod_state)
       return None, self._scatter(p, idx, kv_len)
 
     _, a = jax.lax.scan(step, None, jnp.asarray(self.starts))       # [n, B, N, C, S]
@@ -286,7 +291,8 @@ class _Plan:
   # -- backward -------------------------------------------------------------------------------
 
   def _backward(self, residuals, d_out):
-    q, k, v, valid_q, valid_k, mod_state, p, idx = residuals
+    q, k, v, valid_q, valid_k, dense, mod_state, p, idx = residuals
+    del valid_q, valid_k, dense  # the selection (p, idx) already applied the mask
     kv_len = k.shape[1]
     d_out = d_out.astype(self.dtype)
     additive = self.mod_def is None or nnx.merge(self.mod_def, mod_state).additive
@@ -322,19 +328,20 @@ class _Plan:
     xs = (jnp.asarray(self.starts), jnp.asarray(self.owned_from), p, idx)
     (dk, dv, d_state), dq = jax.lax.scan(step, init, xs)
     dq = self._assemble(dq, axis=2)
-    return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None, d_state)
+    return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None, None,
+            d_state)
 
   def attention(self):
-    """f(q, k, v, valid_q, valid_k, mod_state) → out [B, T, N, H] (accumulation dtype), with
-    the custom vjp."""
+    """f(q, k, v, valid_q, valid_k, dense, mod_state) → out [B, T, N, H] (accumulation
+    dtype), with the custom vjp."""
 
     @jax.custom_vjp
-    def f(q, k, v, valid_q, valid_k, mod_state):
-      return self._forward(q, k, v, valid_q, valid_k, mod_state)[0]
+    def f(q, k, v, valid_q, valid_k, dense, mod_state):
+      return self._forward(q, k, v, valid_q, valid_k, dense, mod_state)[0]
 
-    def f_fwd(q, k, v, valid_q, valid_k, mod_state):
-      out, (p, idx) = self._forward(q, k, v, valid_q, valid_k, mod_state)
-      return out, (q, k, v, valid_q, valid_k, mod_state, p, idx)
+    def f_fwd(q, k, v, valid_q, valid_k, dense, mod_state):
+      out, (p, idx) = self._forward(q, k, v, valid_q, valid_k, dense, mod_state)
+      return out, (q, k, v, valid_q, valid_k, dense, mod_state, p, idx)
 
     f.defvjp(f_fwd, self._backward)
     return f
@@ -354,8 +361,9 @@ class TopKAttention(nnx.Module):
     c.query_chunk_size = 1024  # queries per step; memory O(chunk·S), any T works
     return c
 
-  # Attention over a key-padding mask equals the causal attention at that position, so a
-  # decoder may cache keys/values and feed one query per step (models/seq2seq.py).
+  # Attention under any per-query mask over cached keys (a beam hypothesis' own history, as
+  # models/seq2seq.py builds it) equals the causal attention at that position, so a decoder
+  # may cache keys/values and feed one query per hypothesis and step.
   supports_decode_cache = True
 
   def __init__(self, *, num_heads: int, head_dim: int, config, rngs: nnx.Rngs,

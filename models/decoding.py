@@ -1,7 +1,7 @@
 """Greedy and beam search for the seq2seq model: call `beam_search(step_fn, cache, ...)` in `jit`.
 
-    memory = expand_for_beam(encoder_out, beam_size)          # [B, S, D] -> [B·K, S, D]
-    step_fn, cache = model.decoder_step_fn(memory, expand_for_beam(valid, K), max_len=max_len)
+    memory, valid = model.encode(source)                      # [B, S, D], once per sentence
+    step_fn, cache = model.decoder_step_fn(memory, valid, max_len=max_len, beam_size=K)
     max_lens = max_output_lengths(source_lengths, a=0.0, b=200, cap=max_positions - 1)
     tokens, scores, lengths = beam_search(
         step_fn, cache, batch_size=B, beam_size=K, max_len=max_len, max_lens=max_lens,
@@ -25,6 +25,13 @@ token that will sit at input position t + 1). N = batch × beam (batch for greed
 `cache` have leading dimension N and are reordered along it when beams are re-selected (scalar
 leaves, such as a step counter, are left alone). A step function that recomputes the prefix
 ignores the cache; an incremental one reads `tokens[:, t]` and appends to it.
+
+Parts of the cache wrapped in `SlotAddressed` are never reordered: a step function that writes
+each beam slot's keys and values once per position and tracks, in an ordinary (reordered) leaf,
+which slot each hypothesis' ancestor held at every position, can read a hypothesis' history
+without moving it (models/seq2seq.py does; reordering a key/value cache of 128 sentences × 4
+beams × 100 positions moves hundreds of megabytes per step, most of a CPU beam step). Such
+leaves may have any shape.
 
 **How lengths are counted.** Output positions are 0-based; a hypothesis whose EOS sits at position
 t has t tokens before EOS and length t + 1.
@@ -130,6 +137,44 @@ class BeamResult(NamedTuple):
   tokens: jax.Array
   scores: jax.Array
   lengths: jax.Array
+
+
+@jax.tree_util.register_pytree_node_class
+class SlotAddressed:
+  """A part of a search cache that the search leaves in place when beams are re-selected.
+
+  `SlotAddressed(tree)`: the step function addresses it by beam slot and position itself (see
+  the module docstring); `.tree` is what it wraps. A pytree node, so it passes through
+  `jax.jit` and `lax.while_loop` like the rest of the cache.
+  """
+
+  def __init__(self, tree: Any):
+    self.tree = tree
+
+  def tree_flatten(self):
+    return (self.tree,), None
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    del aux
+    return cls(children[0])
+
+  def __repr__(self):
+    return f'SlotAddressed({self.tree!r})'
+
+
+def _is_slot_addressed(x: Any) -> bool:
+  return isinstance(x, SlotAddressed)
+
+
+def reorder_cache(cache: Any, rows: jax.Array) -> Any:
+  """`cache` with every array leaf taken at `rows` along its leading dimension, except scalar
+  leaves and what `SlotAddressed` wraps."""
+  def reorder(x):
+    if _is_slot_addressed(x) or np.ndim(x) == 0:
+      return x
+    return jnp.take(x, rows, axis=0)
+  return jax.tree.map(reorder, cache, is_leaf=_is_slot_addressed)
 
 
 def max_output_lengths(source_lengths: Any, *, a: float, b: int, cap: int) -> np.ndarray:
@@ -243,7 +288,8 @@ def beam_search(step_fn: StepFn, cache: Any, *, batch_size: int, beam_size: int,
   Args:
     step_fn: see the module docstring; called with N = batch_size · beam_size rows, sentence b
       owning rows b·K … b·K + K − 1 (the order of `expand_for_beam`).
-    cache: initial cache, array leaves with leading dim N (`expand_for_beam` of the batch's).
+    cache: initial cache, array leaves with leading dim N (`expand_for_beam` of the batch's),
+      except under `SlotAddressed`.
     batch_size: B.
     beam_size: K.
     max_len: L, static buffer size: output tokens including EOS; also the decoder-input length.
@@ -328,7 +374,7 @@ def beam_search(step_fn: StepFn, cache: Any, *, batch_size: int, beam_size: int,
     seqs = jnp.take_along_axis(s.seqs, next_beams[:, :, None], axis=1)
     seqs = seqs.at[:, :, t + 1].set(next_tokens)
     rows = (jnp.arange(b, dtype=jnp.int32)[:, None] * k + next_beams).reshape(n)
-    cache = jax.tree.map(lambda x: x if x.ndim == 0 else jnp.take(x, rows, axis=0), cache)
+    cache = reorder_cache(cache, rows)
     return _BeamState(t + 1, seqs, live_scores, cache, fin_tokens, fin_scores, fin_lengths,
                       fin_count, done)
 
@@ -403,8 +449,8 @@ def _check_arguments(*, batch_size: int, beam_size: int, max_len: int, max_lens:
 
 
 def _check_cache(cache: Any, n: int) -> None:
-  for path, leaf in jax.tree_util.tree_leaves_with_path(cache):
-    if np.ndim(leaf) > 0 and np.shape(leaf)[0] != n:
+  for path, leaf in jax.tree_util.tree_leaves_with_path(cache, is_leaf=_is_slot_addressed):
+    if not _is_slot_addressed(leaf) and np.ndim(leaf) > 0 and np.shape(leaf)[0] != n:
       raise ValueError(f'cache leaf {jax.tree_util.keystr(path)} has leading dim '
                        f'{np.shape(leaf)[0]}, expected {n} (batch × beam; use expand_for_beam '
                        'on the batch cache)')

@@ -21,8 +21,10 @@ axes.
 
 Decoding (`decoder_step_fn`) runs one target position at a time. When every decoder
 self-attention layer supports a key/value cache (`MultiHeadAttention.supports_decode_cache`:
-cores whose attention over a key-padding mask equals their causal attention, and no prior mask
-or bias) each step feeds one token and appends its keys and values to the cache; otherwise the
+cores whose attention under a per-query mask over the cached keys equals their causal
+attention, and no prior mask or bias) each step feeds one token per hypothesis and writes its
+keys and values into the cache, where beam search leaves them (the hypotheses' histories are a
+mask, see `decoder_step_fn`); otherwise the
 step recomputes the decoder over the whole (fixed-size) prefix buffer and reads position t,
 which is correct for every causal core and O(L) times slower. Cross-attention keys and values
 are projected from the encoder output once per sentence in both modes.
@@ -40,6 +42,7 @@ from flax import nnx
 
 import attention
 from attention import masks as masks_lib
+from models import decoding
 from models import positions as positions_lib
 from models import transformer
 
@@ -248,42 +251,70 @@ class EncoderDecoder(nnx.Module):
     return mode
 
   def decoder_step_fn(self, memory: jax.Array, source_valid: jax.Array, *, max_len: int,
-                      mode: str = 'auto') -> tuple[Callable, Any]:
+                      beam_size: int = 1, mode: str = 'auto') -> tuple[Callable, Any]:
     """A step function for `models/decoding.py` and its initial cache.
 
     Args:
-      memory: encoder output `[N, S, D]` (already repeated per beam).
-      source_valid: `[N, S]` bool.
+      memory: encoder output `[B, S, D]`, once per sentence (not repeated per beam).
+      source_valid: `[B, S]` bool.
       max_len: L, the decoder-input buffer length (bos + at most L − 1 output tokens).
+      beam_size: K, hypotheses per sentence (1 for greedy search).
       mode: 'incremental' (key/value cache), 'recompute' (the prefix every step) or 'auto'.
 
     Returns:
-      `(step_fn, cache)` with `step_fn(tokens: [N, L], t, cache) -> (log_probs [N, V], cache)`:
-      the distribution of output position t given decoder inputs `tokens[:, :t + 1]`.
+      `(step_fn, cache)` with `step_fn(tokens: [B·K, L], t, cache) -> (log_probs [B·K, V],
+      cache)`, row b·K + j the hypothesis in beam slot j of sentence b: the distribution of
+      output position t given decoder inputs `tokens[:, :t + 1]`.
+
+    The incremental cache is `{'ancestry': [B·K, L] int32, 'layers': SlotAddressed([...])}`.
+    `ancestry[r, s]` is the beam slot that row r's hypothesis (or its ancestor) held at
+    position s; beam search reorders it with the hypotheses, while the per-layer keys and
+    values stay where each slot wrote them (`decoding.SlotAddressed`): a hypothesis attends to
+    cached position s of slot `ancestry[r, s]`, which holds exactly its own history.
     """
     mode = self.resolve_decode_mode(mode)
-    memory_mask = masks_lib.padding(None, source_valid)
+    b, k_beams = memory.shape[0], int(beam_size)
     if mode == 'recompute':
+      memory, source_valid = decoding.expand_for_beam((memory, source_valid), k_beams)
+
       def recompute_step(tokens, t, cache):
         hidden = self.decode(tokens, memory, source_valid, deterministic=True)   # [N, L, D]
         h_t = jax.lax.dynamic_index_in_dim(hidden, t, axis=1, keepdims=False)    # [N, D]
         return self.log_probs(h_t), cache
       return recompute_step, ()
 
-    n = memory.shape[0]
-    memory_kv = [layer.cross_attention.project_kv(memory) for layer in self.decoder_layers]
-    cache = [layer.self_attention.init_cache(n, max_len) for layer in self.decoder_layers]
+    memory_mask = masks_lib.padding(None, source_valid)
+    memory_kv = [layer.cross_attention.project_memory(memory) for layer in self.decoder_layers]
+    cache = {'ancestry': jnp.zeros((b * k_beams, max_len), jnp.int32),
+             'layers': decoding.SlotAddressed(
+                 [layer.self_attention.init_cache(b, max_len, k_beams)
+                  for layer in self.decoder_layers])}
+    own_slot = jnp.arange(b * k_beams, dtype=jnp.int32) % k_beams                 # [B·K]
+    slots = jnp.arange(k_beams, dtype=jnp.int32)
 
     def incremental_step(tokens, t, cache):
-      token = jax.lax.dynamic_slice_in_dim(tokens, t, 1, axis=1)               # [N, 1]
+      ancestry = jax.lax.dynamic_update_slice_in_dim(cache['ancestry'], own_slot[:, None], t,
+                                                     axis=1)                      # [B·K, L]
+      # Query slot i of sentence b sees slot j's position s iff its history ran through slot
+      # j at s, and s ≤ t: [B, K (queries), K (slots), L] → keys j·L + s. Written as an OR of
+      # one padding mask per query slot, which every core and kernel evaluates.
+      seen = ((ancestry.reshape(b, k_beams, 1, max_len) == slots[None, None, :, None])
+              & (jnp.arange(max_len) <= t)).reshape(b, k_beams, k_beams * max_len)
+      history = masks_lib.padding(jnp.broadcast_to(slots == 0, (b, k_beams)), seen[:, 0])
+      for i in range(1, k_beams):
+        history = history | masks_lib.padding(jnp.broadcast_to(slots == i, (b, k_beams)),
+                                              seen[:, i])
+      token = jax.lax.dynamic_slice_in_dim(tokens, t, 1, axis=1)                # [B·K, 1]
       position = jnp.full_like(token, t, dtype=jnp.int32)
       x = self._embed(self._target_embedding(), token, position, deterministic=True)
-      new_cache = []
-      for layer, kv, layer_cache in zip(self.decoder_layers, memory_kv, cache):
-        x, c = layer.decode_step(x, layer_cache, t, memory_kv=kv, memory_mask=memory_mask)
-        new_cache.append(c)
+      new_layers = []
+      for layer, kv, layer_cache in zip(self.decoder_layers, memory_kv, cache['layers'].tree):
+        x, c = layer.decode_step(x, layer_cache, t, history=history, memory_kv=kv,
+                                 memory_mask=memory_mask)
+        new_layers.append(c)
       if self.decoder_norm is not None:
         x = self.decoder_norm(x)
-      return self.log_probs(x[:, 0]), new_cache
+      return self.log_probs(x[:, 0]), {'ancestry': ancestry,
+                                       'layers': decoding.SlotAddressed(new_layers)}
 
     return incremental_step, cache

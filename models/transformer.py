@@ -191,6 +191,12 @@ class MultiHeadAttention(nnx.Module):
     v = self.v_proj(x_kv).reshape(b, s, self.kv_heads, self.head_dim_v)
     return k, v
 
+  def project_memory(self, memory: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`project_kv` of a decoder's cross-attention memory, heads-major like `init_cache`:
+    keys `[B, Nkv, S, Hqk]` and values `[B, Nkv, S, Hv]`, for `DecoderBlock.decode_step`."""
+    k, v = self.project_kv(memory)
+    return heads_major(k), heads_major(v)
+
   def attend(self, x_q: jax.Array, k: jax.Array, v: jax.Array,
              mask: masks_lib.Mask | None = None, *, deterministic: bool,
              sow_weights: bool = False) -> jax.Array:
@@ -208,33 +214,63 @@ class MultiHeadAttention(nnx.Module):
   def supports_decode_cache(self) -> bool:
     """Whether `decode_step` gives what the full causal call gives at that position.
 
-    It needs a core that attends over an arbitrary key-padding mask exactly as over the causal
-    mask (the cores that declare `supports_decode_cache = True`, on the class or, where an
+    It needs a core that attends under an arbitrary per-query mask over the cached keys exactly
+    as under the causal mask (the cores that declare `supports_decode_cache = True`, on the class or, where an
     option decides it as NON's `output_scale` does, on the instance) and no prior mask or bias,
     whose query positions would be shifted in a one-query call."""
     return (getattr(self.core, 'supports_decode_cache', False)
             and self.prior_mask is None and self.score_mod is None)
 
-  def init_cache(self, batch: int, max_len: int) -> dict[str, jax.Array]:
-    """An empty key/value cache `{'k': [B, L, Nkv, Hqk], 'v': [B, L, Nkv, Hv]}`."""
-    return {'k': jnp.zeros((batch, max_len, self.kv_heads, self.head_dim_qk), self.dtype),
-            'v': jnp.zeros((batch, max_len, self.kv_heads, self.head_dim_v), self.dtype)}
+  def init_cache(self, batch: int, max_len: int, beam_size: int = 1) -> dict[str, jax.Array]:
+    """An empty key/value cache `{'k': [B, Nkv, K, L, Hqk], 'v': [B, Nkv, K, L, Hv]}`.
 
-  def decode_step(self, x_t: jax.Array, cache: dict[str, jax.Array], t: jax.Array
-                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Causal self-attention of the token at position `t` (`x_t: [B, 1, D]`) over the cache.
+    `batch` sentences (B) × `beam_size` beam slots (K) × `max_len` positions (L). Slot j of
+    sentence b writes its key and value of position s once, at `[b, :, j, s]`; a hypothesis
+    reads the positions of its own history through `decode_step`'s `history` mask, so beam
+    search never moves the cache (`decoding.SlotAddressed`).
 
-    Writes the token's key and value at index `t` of the cache and attends to indices ≤ t
-    (a key-padding mask), so L steps reproduce the causal call over L tokens. Only valid when
+    Heads-major: a step's few queries per sentence contract over contiguous `[K·L, H]` blocks
+    per (sentence, head). With the `[B, L, Nkv, H]` layout of `project_kv`, XLA:CPU copied the
+    whole cache into that order at every step, most of a translation decode step.
+    """
+    shape = (batch, self.kv_heads, beam_size, max_len)
+    return {'k': jnp.zeros(shape + (self.head_dim_qk,), self.dtype),
+            'v': jnp.zeros(shape + (self.head_dim_v,), self.dtype)}
+
+  def decode_step(self, x_t: jax.Array, cache: dict[str, jax.Array], t: jax.Array,
+                  history: masks_lib.Mask) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Causal self-attention of the tokens at position `t` over the cache (`init_cache`).
+
+    `x_t: [B·K, 1, D]`, row b·K + j the hypothesis in beam slot j of sentence b. Writes each
+    slot's key and value at position t, then each sentence's K queries attend to its K·L
+    cached positions (slot j's position s at index j·L + s) where `history: [B, 1, K, K·L]`
+    allows: the positions ≤ t of the hypothesis' own history. With K = 1 and history = the
+    positions ≤ t, L steps reproduce the causal call over L tokens. Only valid when
     `supports_decode_cache`; the caller falls back to recomputing the prefix otherwise.
     """
-    k_t, v_t = self.project_kv(x_t)
-    k = jax.lax.dynamic_update_slice_in_dim(cache['k'], k_t.astype(cache['k'].dtype), t, axis=1)
-    v = jax.lax.dynamic_update_slice_in_dim(cache['v'], v_t.astype(cache['v'].dtype), t, axis=1)
-    b, max_len = k.shape[:2]
-    seen = jnp.broadcast_to(jnp.arange(max_len) <= t, (b, max_len))          # [B, L]
-    out = self.attend(x_t, k, v, masks_lib.padding(None, seen), deterministic=True)
-    return out, {'k': k, 'v': v}
+    b, _, k_slots, max_len, _ = cache['k'].shape
+    k_t, v_t = self.project_kv(x_t)                                       # [B·K, 1, Nkv, H]
+
+    def write(buffer, new):                     # new [B·K, 1, Nkv, H] → buffer[b, :, j, t]
+      new = new.reshape(b, k_slots, self.kv_heads, 1, new.shape[-1]).transpose(0, 2, 1, 3, 4)
+      return jax.lax.dynamic_update_slice_in_dim(buffer, new.astype(buffer.dtype), t, axis=3)
+
+    k, v = write(cache['k'], k_t), write(cache['v'], v_t)
+    keys = sequence_major(k.reshape(b, self.kv_heads, k_slots * max_len, -1))   # [B, K·L, Nkv, H]
+    values = sequence_major(v.reshape(b, self.kv_heads, k_slots * max_len, -1))
+    out = self.attend(x_t.reshape(b, k_slots, -1), keys, values, history, deterministic=True)
+    return out.reshape(x_t.shape[0], 1, -1), {'k': k, 'v': v}
+
+
+def heads_major(x: jax.Array) -> jax.Array:
+  """`[B, S, N, H]` → `[B, N, S, H]`, the layout of the decode caches (see `init_cache`)."""
+  return jnp.swapaxes(x, 1, 2)
+
+
+def sequence_major(x: jax.Array) -> jax.Array:
+  """`[B, N, S, H]` → `[B, S, N, H]`, the layout the attention cores take. Passed straight to a
+  core, XLA folds this transpose into the core's contractions instead of copying."""
+  return jnp.swapaxes(x, 1, 2)
 
 
 class FeedForward(nnx.Module):
@@ -346,24 +382,35 @@ class DecoderBlock(nnx.Module):
                           lambda h: self.ffn(h, deterministic=deterministic), deterministic)
 
   def decode_step(self, x_t: jax.Array, cache: dict[str, jax.Array], t: jax.Array, *,
+                  history: masks_lib.Mask,
                   memory_kv: tuple[jax.Array, jax.Array] | None = None,
                   memory_mask: masks_lib.Mask | None = None
                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """One decoding position `x_t: [B, 1, D]` with a self-attention key/value cache.
+    """One decoding position `x_t: [B·K, 1, D]` (K beam slots per sentence) with a
+    self-attention key/value cache (`MultiHeadAttention.init_cache` and `.decode_step`, whose
+    `history` mask says which cached positions each hypothesis sees).
 
-    `memory_kv` are the cross-attention keys and values of the encoder output, projected once
-    per sentence with `self.cross_attention.project_kv(memory)`. Equals position `t` of the
-    full causal call (`__call__` with `mask=causal()`), dropout off.
+    `memory_kv` are the cross-attention keys and values of the B sentences' encoder output,
+    projected once per sentence, not per beam, and stored heads-major (`[B, Nkv, S, H]`, as
+    the self-attention cache) by `self.cross_attention.project_memory(memory)`; `memory_mask`
+    is the sources' padding `[B, S]`. With K = 1 this equals position `t` of the full causal
+    call (`__call__` with `mask=causal()`), dropout off.
     """
+    n = x_t.shape[0]
     h = self.self_attention_norm(x_t) if self.pre_norm else x_t
-    out, new_cache = self.self_attention.decode_step(h, cache, t)
+    out, new_cache = self.self_attention.decode_step(h, cache, t, history)
     x = x_t + out  # the residual of `_residual`, dropout off
     x = x if self.pre_norm else self.self_attention_norm(x)
     if self.cross_attention is not None:
-      k, v = memory_kv
-      x = self._residual(
-          x, self.cross_attention_norm,
-          lambda h: self.cross_attention.attend(h, k, v, memory_mask, deterministic=True), True)
+      k, v = (sequence_major(a) for a in memory_kv)
+      b = k.shape[0]
+
+      def cross(h):   # a sentence's K queries at once: [B·K, 1, D] → [B, K, D] and back
+        out = self.cross_attention.attend(h.reshape(b, n // b, -1), k, v, memory_mask,
+                                          deterministic=True)
+        return out.reshape(h.shape)
+
+      x = self._residual(x, self.cross_attention_norm, cross, True)
     x = self._residual(x, self.ffn_norm, lambda h: self.ffn(h, deterministic=True), True)
     return x, new_cache
 

@@ -273,15 +273,36 @@ def test_config_errors(options, match):
     make_core(**options)
 
 
-def test_unsupported_masks_and_too_small_position_tables_are_refused():
+@pytest.mark.parametrize('which', ['segments', 'or_of_padding'])
+def test_other_per_example_masks_match_reference(which):
+  """Per-example masks that are neither static nor padding (segments; an OR of padding masks,
+  as a beam-search history is) are materialised and passed explicitly: forward against the
+  float64 reference, gradients against autodiff of the dense formulation."""
+  core = make_core(k=3, query_chunk_size=4)
+  q, k, v = random_qkv(11)
+  if which == 'segments':
+    segments = jnp.asarray([[0] * 5 + [1] * 5, [0] * 3 + [1] * 7])
+    mask = masks.causal() & masks.segments(segments, segments)
+  else:
+    rng = np.random.default_rng(5)
+    parts = [masks.padding(jnp.asarray(rng.random((2, 10)) < 0.5),
+                           jnp.asarray(rng.random((2, 10)) < 0.6)) for _ in range(3)]
+    mask = parts[0] | parts[1] | parts[2]
+  allowed = allowed_array(mask, 10, 10)
+  out = jax.jit(lambda q, k, v: core(q, k, v, mask))(q, k, v)
+  _, ref = reference_topk(q, k, v, 3, allowed)
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+  cotangent = jnp.asarray(np.random.default_rng(6).normal(size=out.shape), jnp.float32)
+  _, grads = value_and_grads(lambda q, k, v, m: core(q, k, v, mask), q, k, v, None, cotangent)
+  _, ref_grads = value_and_grads(lambda q, k, v, m: dense_topk(q, k, v, 3, allowed), q, k, v,
+                                 None, cotangent)
+  for g, r in zip(grads[:3], ref_grads[:3]):
+    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5)
+
+
+def test_too_small_position_tables_are_refused():
   core = make_core()
   q, k, v = random_qkv(11)
-  segments = jnp.asarray(np.repeat([[0] * 5 + [1] * 5], 2, axis=0))
-  with pytest.raises(ValueError, match='attention.kind=topk'):
-    core(q, k, v, masks.causal() & masks.segments(segments, segments))
-  padding = masks.padding(None, jnp.ones((2, 10), bool))
-  with pytest.raises(ValueError, match='attention.kind=topk'):
-    core(q, k, v, masks.causal() | padding)
   with pytest.raises(ValueError, match='max_len=8'):
     core(q, k, v, masks.causal(),
          score_mod=biases.learnable(biases.gaussian_window(2.0), 8, num_heads=NUM_HEADS))

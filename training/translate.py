@@ -141,8 +141,8 @@ def make_search(graphdef, rest, settings: DecodeSettings, *, bos_id: int, eos_id
       step_fn, cache = model.decoder_step_fn(memory, valid, max_len=max_len, mode=settings.mode)
       out = decoding.greedy_search(step_fn, cache, batch_size=b, **common)
       return out.tokens, out.lengths
-    memory, valid = decoding.expand_for_beam((memory, valid), settings.beam_size)
-    step_fn, cache = model.decoder_step_fn(memory, valid, max_len=max_len, mode=settings.mode)
+    step_fn, cache = model.decoder_step_fn(memory, valid, max_len=max_len, mode=settings.mode,
+                                           beam_size=settings.beam_size)
     out = decoding.beam_search(step_fn, cache, batch_size=b, beam_size=settings.beam_size,
                                length_penalty=settings.length_penalty, **common)
     return out.tokens[:, 0], out.lengths[:, 0]
