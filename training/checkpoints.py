@@ -10,7 +10,9 @@ Each checkpoint `W/checkpoints/<step>/` holds
 Orbax writes a step asynchronously into a temporary folder and renames it when complete. The
 manifest is written once Orbax has finished (`commit`); only then does the step count as saved,
 and only then are older steps pruned, so a run killed at any moment has an intact committed step
-to resume from (or none yet). A step folder without a manifest (the run died between Orbax's
+to resume from (or none yet). Pruning first renames the step folder to `pruning-<step>` (one
+atomic rename), then deletes it: a run killed mid-delete leaves a `pruning-` folder, never a
+committed step with files missing, and the next run to open the folder finishes the deletion. A step folder without a manifest (the run died between Orbax's
 rename and the manifest) is *uncommitted*: it is never resumed from, evaluated or deleted, and
 a resumed run moves it to `W/set_aside/` before it saves that step again.
 
@@ -38,6 +40,7 @@ import orbax.checkpoint as ocp
 from training import distributed
 
 MANIFEST = 'checksums.json'
+_PRUNING = 'pruning-'  # a superseded step being deleted (renamed first, so never half a step)
 _ITEMS = ('params', 'train_state', 'data')
 
 
@@ -138,6 +141,9 @@ class Checkpoints:
                                           item_names=_ITEMS)
     self._pending: tuple[int, float | None] | None = None
     self._verified: set[tuple[int, tuple[str, ...]]] = set()  # (step, items) hashed already
+    if not read_only and jax.process_index() == 0 and self.directory.is_dir():
+      for leftover in self.directory.glob(_PRUNING + '*'):  # a run killed while pruning
+        shutil.rmtree(leftover)
 
   # -------------------------------------------------------------------------------- listing
 
@@ -242,12 +248,23 @@ class Checkpoints:
     superseded = self._superseded()
     distributed.sync(f'checkpoint_prune_{step}')   # every process has listed before any deletes
     if superseded:
-      # The listing is read from disk; Orbax's own may not know a committed step that another
-      # process (a copy, an earlier run's leftovers) put there since it was opened.
-      self._manager.reload()
-    for old in superseded:
-      self._manager.delete(old)
+      self._prune(superseded)
     return step
+
+  def _prune(self, steps: list[int]) -> None:
+    """Deletes superseded steps: each is renamed out of the step namespace first, so a process
+    killed mid-delete leaves no committed step with files missing."""
+    if jax.process_index() == 0:
+      for old in steps:
+        doomed = self.directory / f'{_PRUNING}{old}'
+        if doomed.exists():
+          shutil.rmtree(doomed)
+        os.rename(self.step_dir(old), doomed)
+        shutil.rmtree(doomed)
+    distributed.sync('checkpoint_pruned')
+    # The listing is read from disk; Orbax's own may not know a step another process (a copy,
+    # an earlier run's leftovers) put there since it was opened, nor that ours are gone.
+    self._manager.reload()
 
   def _superseded(self) -> list[int]:
     """Committed steps that are neither among the last `keep` nor the best."""
