@@ -93,9 +93,8 @@ class DiffAttention(nnx.Module):
     _check_num_heads(num_heads)
     return num_heads // 2, num_heads // 2, 2 * head_dim, 2 * head_dim
 
-  # Attention under any per-query mask over cached keys (a beam hypothesis' own history, as
-  # models/seq2seq.py builds it) equals the causal attention at that position, so a decoder
-  # may cache keys/values and feed one query per hypothesis and step.
+  # Attention over a key-padding mask equals the causal attention at that position, so a
+  # decoder may cache keys/values and feed one query per step (models/seq2seq.py).
   supports_decode_cache = True
 
   def __init__(self, *, num_heads: int, head_dim: int, config, rngs: nnx.Rngs,

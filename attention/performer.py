@@ -356,10 +356,9 @@ class PerformerAttention(nnx.Module):
     c.chunk_size = 64       # positions per step of the causal scan (C×C block + m×H state)
     return c
 
-  # No key/value cache: a beam-search decode step masks each hypothesis' cached keys per query
-  # (models/seq2seq.py), which the linear-time form cannot apply (it honours causal and padding
-  # masks only), so a Performer decoder recomputes the prefix every step.
-  supports_decode_cache = False
+  # Attention over a key-padding mask equals the causal attention at that position, so a
+  # decoder may cache keys/values and feed one query per step (models/seq2seq.py).
+  supports_decode_cache = True
 
   def __init__(self, *, num_heads: int, head_dim: int, config, rngs: nnx.Rngs,
                layer_index: int = 0, max_len: int = 0):

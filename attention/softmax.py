@@ -186,9 +186,8 @@ class SoftmaxAttention(nnx.Module):
   def default_config(cls) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict()
 
-  # Attention under any per-query mask over cached keys (a beam hypothesis' own history, as
-  # models/seq2seq.py builds it) equals the causal attention at that position, so a decoder
-  # may cache keys/values and feed one query per hypothesis and step.
+  # Attention over a key-padding mask equals the causal attention at that position, so a
+  # decoder may cache keys/values and feed one query per step (models/seq2seq.py).
   supports_decode_cache = True
 
   def __init__(self, *, num_heads: int, head_dim: int, config, rngs: nnx.Rngs,

@@ -24,8 +24,8 @@ Masks and score mods. A custom_vjp cannot close over traced arrays, so the mask 
 its static part (anything built from `attention.mask` and `causal()`: a Mask holding no JAX
 arrays, evaluated on each chunk's index grid with `mask_fn`) and padding terms AND-ed at the top
 level, whose `valid_q`/`valid_k` arrays are passed explicitly; other dynamic masks (e.g.
-`segments` with per-example arrays, or the OR of padding masks of a beam-search history) are
-materialised as a `[B, 1|N, T, S]` bool array and passed explicitly too. A score mod (additive or multiplicative, fixed
+`segments` with per-example arrays, or an OR of padding masks) are materialised as a
+`[B, 1|N, T, S]` bool array and passed explicitly too. A score mod (additive or multiplicative, fixed
 or learnable) is evaluated per chunk as `score_mod(scores, q_offset=chunk_start)`; its state is
 passed explicitly (`nnx.split`) and its gradient is the vector-Jacobian product of the mod with
 dS, accumulated over chunks. Masked keys are never attended: if fewer than k keys are allowed, the
@@ -71,7 +71,7 @@ def split_mask(mask: Mask | None) -> tuple[Mask | None, Any, Any, Mask | None]:
 
   The top-level AND terms that are static (hold no JAX arrays) are AND-ed back together,
   padding terms become `valid_q`/`valid_k`, and the remaining terms (segments, an OR of
-  padding masks such as a beam-search history, …) are AND-ed into the last part.
+  padding masks, …) are AND-ed into the last part.
   """
   terms = masks_lib.and_terms(mask)
   static, valid_q, valid_k, other = None, None, None, None
@@ -361,9 +361,8 @@ class TopKAttention(nnx.Module):
     c.query_chunk_size = 1024  # queries per step; memory O(chunk·S), any T works
     return c
 
-  # Attention under any per-query mask over cached keys (a beam hypothesis' own history, as
-  # models/seq2seq.py builds it) equals the causal attention at that position, so a decoder
-  # may cache keys/values and feed one query per hypothesis and step.
+  # Attention over a key-padding mask equals the causal attention at that position, so a
+  # decoder may cache keys/values and feed one query per step (models/seq2seq.py).
   supports_decode_cache = True
 
   def __init__(self, *, num_heads: int, head_dim: int, config, rngs: nnx.Rngs,

@@ -26,13 +26,6 @@ token that will sit at input position t + 1). N = batch × beam (batch for greed
 leaves, such as a step counter, are left alone). A step function that recomputes the prefix
 ignores the cache; an incremental one reads `tokens[:, t]` and appends to it.
 
-Parts of the cache wrapped in `SlotAddressed` are never reordered: a step function that writes
-each beam slot's keys and values once per position and tracks, in an ordinary (reordered) leaf,
-which slot each hypothesis' ancestor held at every position, can read a hypothesis' history
-without moving it (models/seq2seq.py does; reordering a key/value cache of 128 sentences × 4
-beams × 100 positions moves hundreds of megabytes per step, most of a CPU beam step). Such
-leaves may have any shape.
-
 **How lengths are counted.** Output positions are 0-based; a hypothesis whose EOS sits at position
 t has t tokens before EOS and length t + 1.
 * `max_lens[b]` is fairseq's `max_len`, the most tokens *before* EOS: at position `max_lens[b]` only
@@ -139,42 +132,11 @@ class BeamResult(NamedTuple):
   lengths: jax.Array
 
 
-@jax.tree_util.register_pytree_node_class
-class SlotAddressed:
-  """A part of a search cache that the search leaves in place when beams are re-selected.
-
-  `SlotAddressed(tree)`: the step function addresses it by beam slot and position itself (see
-  the module docstring); `.tree` is what it wraps. A pytree node, so it passes through
-  `jax.jit` and `lax.while_loop` like the rest of the cache.
-  """
-
-  def __init__(self, tree: Any):
-    self.tree = tree
-
-  def tree_flatten(self):
-    return (self.tree,), None
-
-  @classmethod
-  def tree_unflatten(cls, aux, children):
-    del aux
-    return cls(children[0])
-
-  def __repr__(self):
-    return f'SlotAddressed({self.tree!r})'
-
-
-def _is_slot_addressed(x: Any) -> bool:
-  return isinstance(x, SlotAddressed)
-
-
 def reorder_cache(cache: Any, rows: jax.Array) -> Any:
-  """`cache` with every array leaf taken at `rows` along its leading dimension, except scalar
-  leaves and what `SlotAddressed` wraps."""
-  def reorder(x):
-    if _is_slot_addressed(x) or np.ndim(x) == 0:
-      return x
-    return jnp.take(x, rows, axis=0)
-  return jax.tree.map(reorder, cache, is_leaf=_is_slot_addressed)
+  """`cache` with every array leaf taken at `rows` along its leading dimension (scalar leaves,
+  such as a step counter, are left alone): the hypotheses' caches follow them to their new beam
+  slots."""
+  return jax.tree.map(lambda x: x if np.ndim(x) == 0 else jnp.take(x, rows, axis=0), cache)
 
 
 def max_output_lengths(source_lengths: Any, *, a: float, b: int, cap: int) -> np.ndarray:
@@ -288,8 +250,7 @@ def beam_search(step_fn: StepFn, cache: Any, *, batch_size: int, beam_size: int,
   Args:
     step_fn: see the module docstring; called with N = batch_size · beam_size rows, sentence b
       owning rows b·K … b·K + K − 1 (the order of `expand_for_beam`).
-    cache: initial cache, array leaves with leading dim N (`expand_for_beam` of the batch's),
-      except under `SlotAddressed`.
+    cache: initial cache, array leaves with leading dim N (`expand_for_beam` of the batch's).
     batch_size: B.
     beam_size: K.
     max_len: L, static buffer size: output tokens including EOS; also the decoder-input length.
@@ -449,8 +410,8 @@ def _check_arguments(*, batch_size: int, beam_size: int, max_len: int, max_lens:
 
 
 def _check_cache(cache: Any, n: int) -> None:
-  for path, leaf in jax.tree_util.tree_leaves_with_path(cache, is_leaf=_is_slot_addressed):
-    if not _is_slot_addressed(leaf) and np.ndim(leaf) > 0 and np.shape(leaf)[0] != n:
+  for path, leaf in jax.tree_util.tree_leaves_with_path(cache):
+    if np.ndim(leaf) > 0 and np.shape(leaf)[0] != n:
       raise ValueError(f'cache leaf {jax.tree_util.keystr(path)} has leading dim '
                        f'{np.shape(leaf)[0]}, expected {n} (batch × beam; use expand_for_beam '
                        'on the batch cache)')

@@ -21,11 +21,9 @@ axes.
 
 Decoding (`decoder_step_fn`) runs one target position at a time. When every decoder
 self-attention layer supports a key/value cache (`MultiHeadAttention.supports_decode_cache`:
-cores whose attention under a per-query mask over the cached keys equals their causal
-attention, and no prior mask or bias) each step feeds one token per hypothesis and writes its
-keys and values into the cache, where beam search leaves them (the hypotheses' histories are a
-mask, see `decoder_step_fn`); otherwise the
-step recomputes the decoder over the whole (fixed-size) prefix buffer and reads position t,
+cores whose attention over a key-padding mask equals their causal attention, and no prior mask
+or bias) each step feeds one token per hypothesis and appends its keys and values to the cache,
+whose rows beam search reorders with the hypotheses; otherwise the step recomputes the decoder over the whole (fixed-size) prefix buffer and reads position t,
 which is correct for every causal core and O(L) times slower. Cross-attention keys and values
 are projected from the encoder output once per sentence in both modes.
 """
@@ -263,14 +261,12 @@ class EncoderDecoder(nnx.Module):
 
     Returns:
       `(step_fn, cache)` with `step_fn(tokens: [B·K, L], t, cache) -> (log_probs [B·K, V],
-      cache)`, row b·K + j the hypothesis in beam slot j of sentence b: the distribution of
-      output position t given decoder inputs `tokens[:, :t + 1]`.
+      cache)`, rows b·K … b·K + K − 1 the hypotheses of sentence b (`decoding.expand_for_beam`'s
+      order): the distribution of output position t given decoder inputs `tokens[:, :t + 1]`.
 
-    The incremental cache is `{'ancestry': [B·K, L] int32, 'layers': SlotAddressed([...])}`.
-    `ancestry[r, s]` is the beam slot that row r's hypothesis (or its ancestor) held at
-    position s; beam search reorders it with the hypotheses, while the per-layer keys and
-    values stay where each slot wrote them (`decoding.SlotAddressed`): a hypothesis attends to
-    cached position s of slot `ancestry[r, s]`, which holds exactly its own history.
+    The incremental cache is one `MultiHeadAttention.init_cache` per decoder layer, B·K rows;
+    beam search reorders its rows with the hypotheses. The cross-attention keys and values are
+    projected once per sentence and stay out of the cache.
     """
     mode = self.resolve_decode_mode(mode)
     b, k_beams = memory.shape[0], int(beam_size)
@@ -285,36 +281,19 @@ class EncoderDecoder(nnx.Module):
 
     memory_mask = masks_lib.padding(None, source_valid)
     memory_kv = [layer.cross_attention.project_memory(memory) for layer in self.decoder_layers]
-    cache = {'ancestry': jnp.zeros((b * k_beams, max_len), jnp.int32),
-             'layers': decoding.SlotAddressed(
-                 [layer.self_attention.init_cache(b, max_len, k_beams)
-                  for layer in self.decoder_layers])}
-    own_slot = jnp.arange(b * k_beams, dtype=jnp.int32) % k_beams                 # [B·K]
-    slots = jnp.arange(k_beams, dtype=jnp.int32)
+    cache = [layer.self_attention.init_cache(b * k_beams, max_len)
+             for layer in self.decoder_layers]
 
     def incremental_step(tokens, t, cache):
-      ancestry = jax.lax.dynamic_update_slice_in_dim(cache['ancestry'], own_slot[:, None], t,
-                                                     axis=1)                      # [B·K, L]
-      # Query slot i of sentence b sees slot j's position s iff its history ran through slot
-      # j at s, and s ≤ t: [B, K (queries), K (slots), L] → keys j·L + s. Written as an OR of
-      # one padding mask per query slot, which every core and kernel evaluates.
-      seen = ((ancestry.reshape(b, k_beams, 1, max_len) == slots[None, None, :, None])
-              & (jnp.arange(max_len) <= t)).reshape(b, k_beams, k_beams * max_len)
-      history = masks_lib.padding(jnp.broadcast_to(slots == 0, (b, k_beams)), seen[:, 0])
-      for i in range(1, k_beams):
-        history = history | masks_lib.padding(jnp.broadcast_to(slots == i, (b, k_beams)),
-                                              seen[:, i])
       token = jax.lax.dynamic_slice_in_dim(tokens, t, 1, axis=1)                # [B·K, 1]
       position = jnp.full_like(token, t, dtype=jnp.int32)
       x = self._embed(self._target_embedding(), token, position, deterministic=True)
-      new_layers = []
-      for layer, kv, layer_cache in zip(self.decoder_layers, memory_kv, cache['layers'].tree):
-        x, c = layer.decode_step(x, layer_cache, t, history=history, memory_kv=kv,
-                                 memory_mask=memory_mask)
-        new_layers.append(c)
+      new_cache = []
+      for layer, kv, layer_cache in zip(self.decoder_layers, memory_kv, cache):
+        x, c = layer.decode_step(x, layer_cache, t, memory_kv=kv, memory_mask=memory_mask)
+        new_cache.append(c)
       if self.decoder_norm is not None:
         x = self.decoder_norm(x)
-      return self.log_probs(x[:, 0]), {'ancestry': ancestry,
-                                       'layers': decoding.SlotAddressed(new_layers)}
+      return self.log_probs(x[:, 0]), new_cache
 
     return incremental_step, cache

@@ -214,52 +214,43 @@ class MultiHeadAttention(nnx.Module):
   def supports_decode_cache(self) -> bool:
     """Whether `decode_step` gives what the full causal call gives at that position.
 
-    It needs a core that attends under an arbitrary per-query mask over the cached keys exactly
-    as under the causal mask (the cores that declare `supports_decode_cache = True`, on the class or, where an
+    It needs a core that attends over an arbitrary key-padding mask exactly as over the causal
+    mask (the cores that declare `supports_decode_cache = True`, on the class or, where an
     option decides it as NON's `output_scale` does, on the instance) and no prior mask or bias,
     whose query positions would be shifted in a one-query call."""
     return (getattr(self.core, 'supports_decode_cache', False)
             and self.prior_mask is None and self.score_mod is None)
 
-  def init_cache(self, batch: int, max_len: int, beam_size: int = 1) -> dict[str, jax.Array]:
-    """An empty key/value cache `{'k': [B, Nkv, K, L, Hqk], 'v': [B, Nkv, K, L, Hv]}`.
+  def init_cache(self, batch: int, max_len: int) -> dict[str, jax.Array]:
+    """An empty key/value cache `{'k': [N, Nkv, L, Hqk], 'v': [N, Nkv, L, Hv]}`, N rows
+    (batch × beam) of `max_len` positions.
 
-    `batch` sentences (B) × `beam_size` beam slots (K) × `max_len` positions (L). Slot j of
-    sentence b writes its key and value of position s once, at `[b, :, j, s]`; a hypothesis
-    reads the positions of its own history through `decode_step`'s `history` mask, so beam
-    search never moves the cache (`decoding.SlotAddressed`).
-
-    Heads-major: a step's few queries per sentence contract over contiguous `[K·L, H]` blocks
-    per (sentence, head). With the `[B, L, Nkv, H]` layout of `project_kv`, XLA:CPU copied the
-    whole cache into that order at every step, most of a translation decode step.
+    Heads-major: a step's query contracts over a contiguous `[L, H]` block per (row, head).
+    With the `[N, L, Nkv, H]` layout of `project_kv`, XLA:CPU copied the whole cache into that
+    order at every step, the largest part of a translation decode step.
     """
-    shape = (batch, self.kv_heads, beam_size, max_len)
+    shape = (batch, self.kv_heads, max_len)
     return {'k': jnp.zeros(shape + (self.head_dim_qk,), self.dtype),
             'v': jnp.zeros(shape + (self.head_dim_v,), self.dtype)}
 
-  def decode_step(self, x_t: jax.Array, cache: dict[str, jax.Array], t: jax.Array,
-                  history: masks_lib.Mask) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Causal self-attention of the tokens at position `t` over the cache (`init_cache`).
+  def decode_step(self, x_t: jax.Array, cache: dict[str, jax.Array], t: jax.Array
+                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Causal self-attention of the token at position `t` (`x_t: [N, 1, D]`) over the cache.
 
-    `x_t: [B·K, 1, D]`, row b·K + j the hypothesis in beam slot j of sentence b. Writes each
-    slot's key and value at position t, then each sentence's K queries attend to its K·L
-    cached positions (slot j's position s at index j·L + s) where `history: [B, 1, K, K·L]`
-    allows: the positions ≤ t of the hypothesis' own history. With K = 1 and history = the
-    positions ≤ t, L steps reproduce the causal call over L tokens. Only valid when
-    `supports_decode_cache`; the caller falls back to recomputing the prefix otherwise.
+    Writes the token's key and value at position `t` of the cache (`init_cache`) and attends to
+    positions ≤ t (a key-padding mask), so L steps reproduce the causal call over L tokens.
+    Only valid when `supports_decode_cache`; the caller falls back to recomputing the prefix
+    otherwise. Beam search reorders the cache's rows with the hypotheses.
     """
-    b, _, k_slots, max_len, _ = cache['k'].shape
-    k_t, v_t = self.project_kv(x_t)                                       # [B·K, 1, Nkv, H]
-
-    def write(buffer, new):                     # new [B·K, 1, Nkv, H] → buffer[b, :, j, t]
-      new = new.reshape(b, k_slots, self.kv_heads, 1, new.shape[-1]).transpose(0, 2, 1, 3, 4)
-      return jax.lax.dynamic_update_slice_in_dim(buffer, new.astype(buffer.dtype), t, axis=3)
-
+    k_t, v_t = self.project_kv(x_t)                                        # [N, 1, Nkv, H]
+    write = lambda buffer, new: jax.lax.dynamic_update_slice_in_dim(
+        buffer, heads_major(new).astype(buffer.dtype), t, axis=2)
     k, v = write(cache['k'], k_t), write(cache['v'], v_t)
-    keys = sequence_major(k.reshape(b, self.kv_heads, k_slots * max_len, -1))   # [B, K·L, Nkv, H]
-    values = sequence_major(v.reshape(b, self.kv_heads, k_slots * max_len, -1))
-    out = self.attend(x_t.reshape(b, k_slots, -1), keys, values, history, deterministic=True)
-    return out.reshape(x_t.shape[0], 1, -1), {'k': k, 'v': v}
+    n, _, max_len, _ = k.shape
+    seen = jnp.broadcast_to(jnp.arange(max_len) <= t, (n, max_len))           # [N, L]
+    out = self.attend(x_t, sequence_major(k), sequence_major(v), masks_lib.padding(None, seen),
+                      deterministic=True)
+    return out, {'k': k, 'v': v}
 
 
 def heads_major(x: jax.Array) -> jax.Array:
@@ -382,23 +373,23 @@ class DecoderBlock(nnx.Module):
                           lambda h: self.ffn(h, deterministic=deterministic), deterministic)
 
   def decode_step(self, x_t: jax.Array, cache: dict[str, jax.Array], t: jax.Array, *,
-                  history: masks_lib.Mask,
                   memory_kv: tuple[jax.Array, jax.Array] | None = None,
                   memory_mask: masks_lib.Mask | None = None
                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """One decoding position `x_t: [B·K, 1, D]` (K beam slots per sentence) with a
-    self-attention key/value cache (`MultiHeadAttention.init_cache` and `.decode_step`, whose
-    `history` mask says which cached positions each hypothesis sees).
+    """One decoding position `x_t: [B·K, 1, D]` (K hypotheses per sentence, rows b·K … b·K +
+    K − 1 those of sentence b) with a self-attention key/value cache
+    (`MultiHeadAttention.init_cache` and `.decode_step`).
 
     `memory_kv` are the cross-attention keys and values of the B sentences' encoder output,
-    projected once per sentence, not per beam, and stored heads-major (`[B, Nkv, S, H]`, as
-    the self-attention cache) by `self.cross_attention.project_memory(memory)`; `memory_mask`
-    is the sources' padding `[B, S]`. With K = 1 this equals position `t` of the full causal
-    call (`__call__` with `mask=causal()`), dropout off.
+    projected once per sentence, not per hypothesis, and stored heads-major (`[B, Nkv, S, H]`,
+    as the self-attention cache) by `self.cross_attention.project_memory(memory)`; a
+    sentence's K queries attend to them together. `memory_mask` is the sources' padding
+    `[B, S]`. Equals position `t` of the full causal call (`__call__` with `mask=causal()`),
+    dropout off.
     """
     n = x_t.shape[0]
     h = self.self_attention_norm(x_t) if self.pre_norm else x_t
-    out, new_cache = self.self_attention.decode_step(h, cache, t, history)
+    out, new_cache = self.self_attention.decode_step(h, cache, t)
     x = x_t + out  # the residual of `_residual`, dropout off
     x = x if self.pre_norm else self.self_attention_norm(x)
     if self.cross_attention is not None:

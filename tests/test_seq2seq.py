@@ -4,8 +4,8 @@ Properties checked against the model's own full (teacher-forced) forward pass, w
 tests already compare with float64 references layer by layer:
 - decoding one position at a time (key/value cache, or recomputing the prefix) gives the full
   pass's log-probabilities at every position, for every kind in every role;
-- the beam-search cache, which stays put while hypotheses are re-selected, gives what
-  recomputing each re-selected prefix gives;
+- the beam-search cache, reordered as hypotheses are re-selected, gives what recomputing each
+  re-selected prefix gives;
 - source padding changes nothing for the real tokens, future target tokens change nothing for
   the past (no causal leak);
 - embedding sharing ties exactly the arrays it says.
@@ -96,9 +96,9 @@ def test_stepwise_decoding_equals_full_pass(kind, pre_norm):
 
 @pytest.mark.parametrize('kind', CACHED_KINDS)
 def test_beam_cache_follows_reordered_hypotheses(kind):
-  """Beam search re-selects hypotheses between steps but never moves the key/value cache (it is
-  `SlotAddressed`; only the ancestry rows move). Drive the step with random re-selections and
-  compare every step with the recomputed prefix, which has no cache to get wrong."""
+  """Beam search re-selects hypotheses between steps and reorders the key/value cache with them.
+  Drive the step with random re-selections and compare every step with the recomputed prefix,
+  which has no cache to get wrong."""
   c = _config(kind, pre_norm=kind == 'softmax')
   model = _model(c)
   rng = np.random.default_rng(3)
