@@ -25,10 +25,11 @@ its static part (anything built from `attention.mask` and `causal()`: a Mask hol
 arrays, evaluated on each chunk's index grid with `mask_fn`) and padding terms AND-ed at the top
 level, whose `valid_q`/`valid_k` arrays are passed explicitly; other dynamic masks (e.g.
 `segments` with per-example arrays, or an OR of padding masks) are materialised as a
-`[B, 1|N, T, S]` bool array and passed explicitly too. A score mod (additive or multiplicative, fixed
-or learnable) is evaluated per chunk as `score_mod(scores, q_offset=chunk_start)`; its state is
-passed explicitly (`nnx.split`) and its gradient is the vector-Jacobian product of the mod with
-dS, accumulated over chunks. Masked keys are never attended: if fewer than k keys are allowed, the
+`[B, 1|N, T, S]` bool array and passed explicitly too. A score mod (additive or
+multiplicative, fixed or learnable) is evaluated per chunk as
+`score_mod(scores, q_offset=chunk_start)`; its state is passed explicitly (`nnx.split`) and
+its gradient is the vector-Jacobian product of the mod with dS, accumulated over chunks.
+Masked keys are never attended: if fewer than k keys are allowed, the
 remaining slots get zero weight, and a query that sees no key outputs zeros (finite gradients).
 
 Implementations (`attention.impl`): `xla` (the chunked scan above) and `pallas`: the same

@@ -23,9 +23,10 @@ Decoding (`decoder_step_fn`) runs one target position at a time. When every deco
 self-attention layer supports a key/value cache (`MultiHeadAttention.supports_decode_cache`:
 cores whose attention over a key-padding mask equals their causal attention, and no prior mask
 or bias) each step feeds one token per hypothesis and appends its keys and values to the cache,
-whose rows beam search reorders with the hypotheses; otherwise the step recomputes the decoder over the whole (fixed-size) prefix buffer and reads position t,
-which is correct for every causal core and O(L) times slower. Cross-attention keys and values
-are projected from the encoder output once per sentence in both modes.
+whose rows beam search reorders with the hypotheses; otherwise the step recomputes the decoder
+over the whole (fixed-size) prefix buffer and reads position t, which is correct for every
+causal core and O(L) times slower. Cross-attention keys and values are projected from the
+encoder output once per sentence in both modes.
 """
 
 from __future__ import annotations
@@ -261,8 +262,9 @@ class EncoderDecoder(nnx.Module):
 
     Returns:
       `(step_fn, cache)` with `step_fn(tokens: [B·K, L], t, cache) -> (log_probs [B·K, V],
-      cache)`, rows b·K … b·K + K − 1 the hypotheses of sentence b (`decoding.expand_for_beam`'s
-      order): the distribution of output position t given decoder inputs `tokens[:, :t + 1]`.
+      cache)`, rows b·K … b·K + K − 1 the hypotheses of sentence b (the order of
+      `decoding.expand_for_beam`): the distribution of output position t given decoder inputs
+      `tokens[:, :t + 1]`.
 
     The incremental cache is one `MultiHeadAttention.init_cache` per decoder layer, B·K rows;
     beam search reorders its rows with the hypotheses. The cross-attention keys and values are

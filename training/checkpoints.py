@@ -12,9 +12,10 @@ manifest is written once Orbax has finished (`commit`); only then does the step 
 and only then are older steps pruned, so a run killed at any moment has an intact committed step
 to resume from (or none yet). Pruning first renames the step folder to `pruning-<step>` (one
 atomic rename), then deletes it: a run killed mid-delete leaves a `pruning-` folder, never a
-committed step with files missing, and the next run to open the folder finishes the deletion. A step folder without a manifest (the run died between Orbax's
-rename and the manifest) is *uncommitted*: it is never resumed from, evaluated or deleted, and
-a resumed run moves it to `W/set_aside/` before it saves that step again.
+committed step with files missing, and the next run to open the folder finishes the deletion.
+A step folder without a manifest (the run died between Orbax's rename and the manifest) is
+*uncommitted*: it is never resumed from, evaluated or deleted, and a resumed run moves it to
+`W/set_aside/` before it saves that step again.
 
 Restoring a step first checks every file it reads against the manifest, so a flipped byte is
 reported as `DamagedCheckpointError` naming the step and the file, before Orbax or TensorStore
