@@ -37,7 +37,8 @@ import numpy as np
 from absl import logging
 
 from attention.kernels import backend as kernel_backend
-from training import builders, distill, distributed, evaluate, optim, progress, signals, steps
+from training import builders, diagnostics, distill, distributed, evaluate, optim, progress
+from training import signals, steps
 from training import translate
 from training import checkpoints as ckpt_lib
 from training import workdir as workdir_lib
@@ -119,6 +120,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: Path, *,
   mesh = distributed.make_mesh(config.mesh)
   micro_rows = builders.check_config(config, distributed.batch_shards(mesh))
   builders.check_mesh(config, mesh)
+  diagnostics.check(config, jax.process_count())
   if config.task == 'translation' and distill.enabled(config):
     raise ValueError('attention distillation (attention.sea.distill) is implemented for the '
                      'language model only; set attention.sea.distill=false for translation')
@@ -258,6 +260,8 @@ def _train(plan: _Plan, stop: signals.StopRequest) -> dict:
     translator = translate.Translator(plan.graphdef, plan.rest, data, settings,
                                       max_positions=config.model.max_len, mesh=mesh)
 
+  monitor = diagnostics.Diagnostics(config, data, plan.graphdef, plan.rest)
+
   def validate(step: int, max_batches: int, *, log: bool = True) -> dict:
     if config.task == 'translation':
       batches = data.eval_batches('valid', **translate.eval_batching(config.data.max_tokens))
@@ -360,6 +364,9 @@ def _train(plan: _Plan, stop: signals.StopRequest) -> dict:
           if config.nan_policy == 'stop':
             raise NonFiniteError(step, ['validation loss'], last_saved or None)
           valid_loss = None  # skip_update: saved, but never the best
+      if monitor.due(step, is_last):
+        drain()
+        metric_log.write(step, diagnostics.SPLIT, monitor.measure(state['params']))
       if step % config.checkpoint_every == 0 or valid_loss is not None or is_last:
         drain()
         checkpoints.save(step, state, train_iter.get_state(), valid_loss)
