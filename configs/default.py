@@ -15,10 +15,11 @@ Sweeps (`python -m training.sweep --config=configs/default.py --sweep=NAME --see
   mqar_pairs   every kind at 8, 16 and 32 key–value pairs (sequences of 64, 8 queries).
   mqar_length  every kind at sequences of 32 and 128 tokens (8 pairs; 64 is the default run).
 Each row is one kind at one size, with the same width (2 layers × 128), updates (600) and
-optimizer; the sizes are few so that both sweeps (135 jobs) run in about 3 hours on 2 CPU
-cores, one job at a time (most jobs take 40–160 s; top-k and SEA at 128 tokens 4–7 min each;
-600 updates of softmax reach 0.97 test accuracy at 32 pairs, 1.00 at 16: docs/results.md). Sizes are chosen to
-show where each kind falls off within this budget, not the largest size each kind can learn.
+optimizer; the sizes are few so that both sweeps (135 jobs) run in about 3 hours on 2 CPU cores,
+one job at a time (most jobs take 40–160 s; top-k and SEA at 128 tokens 4–7 min each; 600
+updates of softmax reach 0.97 test accuracy at 32 pairs, 1.00 at 16: docs/results.md). Sizes are
+chosen to show where each kind falls off within this budget, not the largest size each kind can
+learn.
 The metric is the test accuracy of recalling the queried values. The finding to check against
 (Arora et al. 2023, "Zoology", arXiv:2312.04927): softmax attention solves MQAR at every size
 tried, while kernel (linear) attention, Performer here, falls off as the number of pairs grows.
