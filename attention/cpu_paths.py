@@ -1,13 +1,16 @@
 """The XLA:CPU-only computation paths, and the switch that turns them off.
 
-On the CPU backend two computations take a different route to the same result, because XLA:CPU
-runs the generic one slowly (docs/benchmarks.md, "CPU training step vs PyTorch"):
+On the CPU backend three computations take a different route to the same result, because
+XLA:CPU runs the generic one slowly (docs/benchmarks.md, "CPU training step vs PyTorch"):
 
 - softmax attention (`attention/softmax.py`, impl `xla`) runs query block by query block over
   the keys each block's mask lets it see, skipping the tiles above a causal diagonal;
 - the transformer's linear layers (`models/transformer.py` `flat_dot_general`) multiply
   `[B, T, I]` inputs as one `[B·T, I]` matrix, so that the weight gradient is a plain 2-D
-  product.
+  product;
+- the FFN's exact GELU (`models/transformer.py` `gelu`) is written x·(1 + erf(x/√2))/2, as
+  PyTorch writes it, instead of `jax.nn.gelu`'s erfc form, which XLA:CPU expands into slower
+  code.
 
 Accelerators never take them. `enabled()` is read while a function is traced; trace under
 `disabled()` to get the generic computation on CPU as well (the benchmark's "before", tests

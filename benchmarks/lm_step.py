@@ -7,7 +7,7 @@ against the same model in PyTorch.
     # the CPU comparison with PyTorch (docs/benchmarks.md, "CPU training step vs PyTorch")
     python benchmarks/lm_step.py --config=configs/enwik8.py:size=small \
         --config.data.dir=../shared/data/wikitext-2 --config.model.num_heads=8 \
-        --config.model.activation=gelu --config.batch_size=8 --full_loop=false \
+        --config.model.activation=gelu --config.batch_size=8 --full_loop=false --rounds=15 \
         --out=benchmarks/results/lm_step-enwik8-cpu-vs-pytorch.json
 
 Prints, and writes to benchmarks/results/lm_step-<name>.json:

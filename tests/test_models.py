@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -476,6 +477,28 @@ def test_model_is_a_tree():
   merged = nnx.merge(graphdef, state)
   tokens = random_tokens()
   np.testing.assert_allclose(forward(merged, tokens), forward(model, tokens), atol=1e-6)
+
+
+def test_gelu_is_the_exact_form_on_both_paths_against_float64():
+  # GELU(x) = x·Φ(x) = x·erfc(−x/√2)/2 and its derivative Φ(x) + x·φ(x), in float64; the CPU
+  # path (erf form) and the generic path (jax.nn.gelu, erfc form) stay within two float32
+  # rounding steps of max(1, |x|), the tail and the large |x| included.
+  x = np.concatenate([np.linspace(-40, 40, 40001), [-1e4, -20.5, -5.25, 1e-30, 0.0, 3e4]])
+  x = x.astype(np.float32)
+  x64 = x.astype(np.float64)
+  erfc = np.vectorize(math.erfc)
+  value = 0.5 * x64 * erfc(-x64 / math.sqrt(2))
+  slope = 0.5 * erfc(-x64 / math.sqrt(2)) + x64 * np.exp(-x64 ** 2 / 2) / math.sqrt(2 * math.pi)
+  bound = 2 * np.finfo(np.float32).eps * np.maximum(1.0, np.abs(x64))
+  paths = [contextlib.nullcontext(), cpu_paths.disabled()]
+  if jax.default_backend() != 'cpu':
+    paths = paths[1:]
+  for path in paths:
+    with path:
+      y = np.asarray(jax.jit(transformer.gelu)(x), np.float64)
+      dy = np.asarray(jax.jit(jax.vmap(jax.grad(transformer.gelu)))(x), np.float64)
+    assert (np.abs(y - value) <= bound).all(), np.abs(y - value).max()
+    assert (np.abs(dy - slope) <= 4 * np.finfo(np.float32).eps).all(), np.abs(dy - slope).max()
 
 
 @pytest.mark.skipif(jax.default_backend() != 'cpu', reason='the CPU paths are CPU-only')
