@@ -300,8 +300,7 @@ def gelu(x: jax.Array) -> jax.Array:
   2% of its time). The erf form loses relative precision only where |GELU(x)| < 1e-3
   (x < -3); its error stays within two float32 rounding steps of max(1, |x|) everywhere, as
   does `jax.nn.gelu`'s (tests/test_models.py compares both with a float64 reference).
-  Accelerators keep `jax.nn.gelu`
-  (attention/cpu_paths.py).
+  Accelerators keep `jax.nn.gelu` (attention/cpu_paths.py).
   """
   if not cpu_paths.enabled():
     return jax.nn.gelu(x, approximate=False)
