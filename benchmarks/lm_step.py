@@ -22,7 +22,8 @@ Prints, and writes to benchmarks/results/lm_step-<name>.json:
   layer; a learned position table does not count) and XLA's own cost-analysis count, achieved TFLOP/s, and MFU against
   `--peak_tflops` (default: the bf16 dense peak of known GPUs; none on CPU);
 - on the CPU backend, `--rounds` rounds that time in turns (the order rotating each round, so a
-  change of machine load hits all alike) `--steps_per_round` steps of:
+  change of machine load hits all alike) `--steps_per_round` steps (after
+  `--warmup_per_turn` untimed ones) of:
   the JAX step traced without the CPU-only paths (attention/cpu_paths.py) and with the
   threefry lowering JAX ships for CPU (the state before training/cpu_settings.py: "generic");
   the JAX step as train.py runs it ("CPU paths"); and, when `torch` is importable, the same
@@ -69,6 +70,9 @@ _TORCH = flags.DEFINE_bool('torch', True, 'On CPU, compare with the PyTorch mode
 _ROUNDS = flags.DEFINE_integer('rounds', 7, 'CPU comparison: rounds of timing in turns.')
 _STEPS_PER_ROUND = flags.DEFINE_integer('steps_per_round', 3,
                                         'CPU comparison: timed steps of each variant per round.')
+_WARMUP = flags.DEFINE_integer('warmup_per_turn', 0,
+                               'CPU comparison: untimed steps at the start of each turn, so that '
+                               'every variant is timed in its steady state.')
 _PHASES = flags.DEFINE_bool('phases', True, 'CPU comparison: also time forward and '
                             'forward + backward alone.')
 
@@ -104,9 +108,10 @@ def _machine() -> dict:
 
 
 def _time_in_turns(runners: dict[str, Callable[[], None]], rounds: int,
-                   steps: int) -> dict[str, list[list[float]]]:
+                   steps: int, warmup: int = 0) -> dict[str, list[list[float]]]:
   """Seconds per call of each runner, `[round][step]`, the runners taking turns round by round
-  in an order that rotates, so that a change of machine load hits every runner alike."""
+  in an order that rotates, so that a change of machine load hits every runner alike; each
+  turn starts with `warmup` untimed calls."""
   names = list(runners)
   for run in list(runners.values()) * 2:  # warm caches and allocators
     run()
@@ -114,6 +119,8 @@ def _time_in_turns(runners: dict[str, Callable[[], None]], rounds: int,
   for r in range(rounds):
     for name in names[r % len(names):] + names[:r % len(names)]:
       this_round = []
+      for _ in range(warmup):
+        runners[name]()
       for _ in range(steps):
         t = time.perf_counter()
         runners[name]()
@@ -323,10 +330,11 @@ def compare_on_cpu(config, state, batch, np_batch: dict, graphdef, rest, params_
                                                         updates_state=False)
       if torch_phases is not None:
         runners[f'pytorch: {phase}'] = torch_phases[phase]
-  times = _time_in_turns(runners, _ROUNDS.value, _STEPS_PER_ROUND.value)
+  times = _time_in_turns(runners, _ROUNDS.value, _STEPS_PER_ROUND.value, _WARMUP.value)
   median = {name: statistics.median(t for r in rounds for t in r) for name, rounds in times.items()}
   tokens = config.batch_size * config.seq_len
-  out = {'rounds': _ROUNDS.value, 'steps_per_round': _STEPS_PER_ROUND.value, 'pytorch': note,
+  out = {'rounds': _ROUNDS.value, 'steps_per_round': _STEPS_PER_ROUND.value,
+         'warmup_per_turn': _WARMUP.value, 'pytorch': note,
          'seconds_median': median,
          'tokens_per_s': {name.split(':')[0]: tokens / median[name] for name in median
                           if name.endswith(': step')}}
@@ -346,8 +354,9 @@ def compare_on_cpu(config, state, batch, np_batch: dict, graphdef, rest, params_
 def _print_comparison(cmp: dict, tokens: int) -> None:
   med = cmp['seconds_median']
   variants = [v for v in ('jax generic', 'jax CPU paths', 'pytorch') if f'{v}: step' in med]
-  print(f'  CPU comparison, {cmp["rounds"]} rounds × {cmp["steps_per_round"]} steps in turns '
-        f'({cmp["pytorch"]})')
+  warmup = cmp.get('warmup_per_turn', 0)
+  print(f'  CPU comparison, {cmp["rounds"]} rounds × {cmp["steps_per_round"]} steps in turns'
+        f'{f" after {warmup} untimed" if warmup else ""} ({cmp["pytorch"]})')
   has_phases = all(f'{v}: forward' in med for v in variants)
   header = '    variant        tokens/s  vs PyTorch (rounds)'
   if has_phases:
