@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from absl import app, flags  # noqa: E402
+
+from benchmarks import timing  # noqa: E402
 
 _ROUNDS = flags.DEFINE_integer('rounds', 10, 'Rounds of timing in turns.')
 _STEPS = flags.DEFINE_integer('steps_per_round', 5, 'Timed calls of each variant per round.')
@@ -115,18 +116,11 @@ def main(argv):
   note = 'torch not importable: JAX alone' if torch_pieces is None else ''
   for k, fn in (torch_pieces or {}).items():
     runners[f'pytorch: {k}'] = fn
-  names = list(runners)
-  for run in list(runners.values()) * 2:  # compile and warm up
-    run()
-  times = {name: [] for name in names}
-  for r in range(_ROUNDS.value):
-    for name in names[r % len(names):] + names[:r % len(names)]:
-      for _ in range(_STEPS.value):
-        t = time.perf_counter()
-        runners[name]()
-        times[name].append(time.perf_counter() - t)
-  ms = {name: 1e3 * statistics.median(t) for name, t in times.items()}
-  pieces = [name.split(': ', 1)[1] for name in names if name.startswith('jax: ')]
+  machine = timing.machine()
+  times = timing.time_in_turns(runners, _ROUNDS.value, _STEPS.value)
+  ms = {name: 1e3 * statistics.median(t for r in rounds for t in r)
+        for name, rounds in times.items()}
+  pieces = [name.split(': ', 1)[1] for name in runners if name.startswith('jax: ')]
   rows = []
   print(f'forward + backward, median ms over {_ROUNDS.value} rounds × {_STEPS.value} calls '
         f'(jax {jax.__version__}, {jax.default_backend()}) {note}')
@@ -143,7 +137,7 @@ def main(argv):
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps({'shapes': {'B': B, 'T': T, 'd_model': D, 'heads': N, 'd_ff': FF},
                              'rounds': _ROUNDS.value, 'steps_per_round': _STEPS.value,
-                             'jax': jax.__version__, 'backend': jax.default_backend(),
+                             'machine': machine, 'backend': jax.default_backend(),
                              'rows': rows, 'note': note}, indent=2) + '\n')
   print(f'  written to {out}')
 

@@ -40,11 +40,9 @@ measure (`pip install torch --index-url https://download.pytorch.org/whl/cpu`).
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -57,6 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from benchmarks import timing  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', 'configs/wikitext103.py:size=small', 'Task config, as for train.py.', lock_config=True)
@@ -90,43 +90,6 @@ def _peak_tflops(device) -> float | None:
 def model_flops_per_token(config, n_matmul_params: int) -> float:
   m = config.model
   return 6 * n_matmul_params + 12 * m.num_layers * config.seq_len * m.d_model
-
-
-def _machine() -> dict:
-  """What the figures were measured on: CPU model, cores, load, library versions."""
-  import jax  # pylint: disable=g-import-not-at-top
-  model = platform.processor() or platform.machine()
-  try:
-    lines = Path('/proc/cpuinfo').read_text().splitlines()
-    model = next(l.split(':', 1)[1].strip() for l in lines if l.startswith('model name'))
-  except (OSError, StopIteration):
-    pass
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-  return {'cpu': model, 'cores': cores, 'jax': jax.__version__,
-          'jaxlib': importlib.metadata.version('jaxlib'),
-          'load_average_1min_at_start': os.getloadavg()[0]}
-
-
-def _time_in_turns(runners: dict[str, Callable[[], None]], rounds: int,
-                   steps: int, warmup: int = 0) -> dict[str, list[list[float]]]:
-  """Seconds per call of each runner, `[round][step]`, the runners taking turns round by round
-  in an order that rotates, so that a change of machine load hits every runner alike; each
-  turn starts with `warmup` untimed calls."""
-  names = list(runners)
-  for run in list(runners.values()) * 2:  # warm caches and allocators
-    run()
-  times = {name: [] for name in names}
-  for r in range(rounds):
-    for name in names[r % len(names):] + names[:r % len(names)]:
-      this_round = []
-      for _ in range(warmup):
-        runners[name]()
-      for _ in range(steps):
-        t = time.perf_counter()
-        runners[name]()
-        this_round.append(time.perf_counter() - t)
-      times[name].append(this_round)
-  return times
 
 
 def _jax_runner(fn: Callable, state, batch, *, updates_state: bool) -> Callable[[], None]:
@@ -330,7 +293,7 @@ def compare_on_cpu(config, state, batch, np_batch: dict, graphdef, rest, params_
                                                         updates_state=False)
       if torch_phases is not None:
         runners[f'pytorch: {phase}'] = torch_phases[phase]
-  times = _time_in_turns(runners, _ROUNDS.value, _STEPS_PER_ROUND.value, _WARMUP.value)
+  times = timing.time_in_turns(runners, _ROUNDS.value, _STEPS_PER_ROUND.value, _WARMUP.value)
   median = {name: statistics.median(t for r in rounds for t in r) for name, rounds in times.items()}
   tokens = config.batch_size * config.seq_len
   out = {'rounds': _ROUNDS.value, 'steps_per_round': _STEPS_PER_ROUND.value,
@@ -384,7 +347,7 @@ def main(argv):
   from attention import cpu_paths  # pylint: disable=g-import-not-at-top
   from training import builders, cpu_settings, distributed, loop, optim, steps  # pylint: disable=g-import-not-at-top
 
-  machine = _machine()
+  machine = timing.machine()
   config = _CONFIG.value
   config.progress_bar = False
   data = builders.build_data(config)

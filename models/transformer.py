@@ -297,9 +297,10 @@ def gelu(x: jax.Array) -> jax.Array:
   On CPU it is written x·(1 + erf(x/√2))/2, PyTorch's formula. `jax.nn.gelu` writes the same
   function with erfc, which keeps its relative precision in the negative tail, and XLA:CPU
   expands erfc into much slower code than erf (the byte-level LM's CPU step: +0.04 in its
-  ratio to PyTorch, docs/benchmarks.md). The erf form loses relative precision only where |GELU(x)| < 1e-3
-  (x < -3); its error stays within two float32 rounding steps of max(1, |x|) everywhere, as
-  does `jax.nn.gelu`'s (tests/test_models.py compares both with a float64 reference).
+  ratio to PyTorch, docs/benchmarks.md). The erf form loses relative precision only where
+  |GELU(x)| < 1e-3 (x < -3); its error stays within two float32 rounding steps of max(1, |x|)
+  everywhere, as does `jax.nn.gelu`'s (tests/test_models.py compares both with a float64
+  reference).
   Accelerators keep `jax.nn.gelu` (attention/cpu_paths.py).
   """
   if not cpu_paths.enabled():
