@@ -13,8 +13,9 @@ alignment (`test.talp`: 1-based `i-j` word links), for the alignment error rate 
 from the cross-attention (Kobayashi et al. 2020, arXiv:2004.10102, §5); `gold_files(config.data,
 'test')` gives the three paths. Separate fairseq dictionaries; BLEU on the text with BPE removed.
 Harder variants (default 0, the task above): `data.synthetic.particle_share` (that share of the
-'other' words translate into nothing) and `data.synthetic.free_order` (chance that neighbouring
-units change places); docs/analysis.md reports the alignments they give.
+'other' words translate into nothing), `data.synthetic.inserted_particles` (chance of one more
+such particle after each source word, repeated) and `data.synthetic.free_order` (chance that
+neighbouring units change places); docs/analysis.md reports the alignments they give.
 Presets: `size=tiny|small`, `attention=<kind>`, `steps=<N>`.
 
 size=small (the default): 2+2 pre-LN layers × 128 (FFN 256, 4 heads, so that per-head maps can

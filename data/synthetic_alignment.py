@@ -17,6 +17,10 @@ links). Real gold alignments are few and hand-made; here every link is exact.
 * particles (`particle_share`, default 0): that share of the words of the 'other' class (the
   first ones drawn) translate into nothing, as source function words without a counterpart do,
   so the offset between source and target positions drifts within a sentence;
+* inserted particles (`inserted_particles`, default 0; needs `particle_share` > 0): once a
+  sentence is translated, after each of its source words one more particle (uniform over the
+  particles) follows with this chance, again and again (a geometric count, mean c / (1 − c));
+  the target stays as it was, so the drift is larger and varies more;
 * reordering, a deterministic local rule on the source words: read left to right, an adjective
   directly followed by a noun becomes noun, adjective ('pelo ka' = ADJ NOUN → 'vyd hau' = NOUN
   ADJ); every other word keeps its place. The true alignment is a permutation with local swaps
@@ -26,7 +30,7 @@ links). Real gold alignments are few and hand-made; here every link is exact.
   that changed places is not looked at again), so word order is no longer a function of the
   classes.
 
-Both default to 0. They make the task harder to solve by target position alone;
+All three default to 0. They make the task harder to solve by target position alone;
 docs/analysis.md reports what they do to the alignments read from the cross-attention.
 
 A sentence of n words (n uniform in [`min_words`, `max_words`]) is a sequence of chunks drawn
@@ -51,7 +55,8 @@ A sentence whose words are all particles (an empty target) is drawn again.
   again).
 
 **Determinism**: the lexicon comes from `default_rng([data_seed, 0])`, split k (train, valid,
-test) from `default_rng([data_seed, 1 + k])` read sentence by sentence, so the same options give
+test) from `default_rng([data_seed, 1 + k])` (its inserted particles from
+`default_rng([data_seed, 1 + k, 1])`) read sentence by sentence, so the same options give
 the same bytes, and the first m sentences of a split do not depend on its size. The folder is
 written under a temporary name beside its place and renamed into it (atomic on POSIX): a run
 killed while writing leaves no folder that looks complete.
@@ -117,6 +122,7 @@ def options_config() -> ml_collections.ConfigDict:
   c.one_to_many = True      # every fifth noun translates into two target words
   c.particle_share = 0.0    # share of the 'other' words that translate into nothing
   c.free_order = 0.0        # chance that two neighbouring units change places
+  c.inserted_particles = 0.0   # chance of one more particle after each source word, repeated
   return c
 
 
@@ -141,6 +147,12 @@ def check_options(options: ml_collections.ConfigDict | dict) -> None:
   if not 0 <= o['particle_share'] <= 1:
     raise ValueError(f'data.synthetic.particle_share={o["particle_share"]}: expected a share '
                      f'in [0, 1]')
+  if not 0 <= o['inserted_particles'] < 1:
+    raise ValueError(f'data.synthetic.inserted_particles={o["inserted_particles"]}: expected a '
+                     f'chance in [0, 1)')
+  if o['inserted_particles'] and not o['particle_share']:
+    raise ValueError(f'data.synthetic.inserted_particles={o["inserted_particles"]} needs '
+                     f'particles: expected data.synthetic.particle_share > 0')
   if o['data_seed'] < 0:
     raise ValueError(f'data.synthetic.data_seed={o["data_seed"]}: expected a seed ≥ 0')
 
@@ -260,6 +272,20 @@ def reorder(classes: Sequence[str], free_swaps: Sequence[bool] = ()) -> list[int
   return [i for unit in units for i in unit]
 
 
+def insert_particles(lexicon: Lexicon, words: Sequence[str], chance: float,
+                     rng: np.random.Generator) -> tuple[list[str], list[int]]:
+  """(`words` with, after each word, one more particle with `chance`, repeated (geometric);
+  the 0-based position of each of `words` in it)."""
+  particles = [w for w in lexicon.source if not lexicon.translation[w]]
+  out, positions = [], []
+  for word in words:
+    positions.append(len(out))
+    out.append(word)
+    while rng.random() < chance:
+      out.append(particles[int(rng.integers(len(particles)))])
+  return out, positions
+
+
 def translate(lexicon: Lexicon, words: Sequence[str], free_swaps: Sequence[bool] = ()
               ) -> tuple[list[str], list[tuple[int, int]]]:
   """(target words, gold links): links are 1-based (source word i, target word j), sorted."""
@@ -310,11 +336,16 @@ def make_split(options: ml_collections.ConfigDict | dict, split: str,
   lexicon = lexicon or make_lexicon(o['data_seed'], o['num_words'], o['one_to_many'],
                                     o['particle_share'])
   rng = np.random.default_rng([o['data_seed'], 1 + SPLIT_NAMES.index(split)])
+  # A stream of its own, so that the sentences drawn do not depend on this option.
+  insert_rng = np.random.default_rng([o['data_seed'], 1 + SPLIT_NAMES.index(split), 1])
   out = []
   for words in source_sentences(lexicon, rng, o[f'num_{split}'], o['min_words'],
                                 o['max_words']):
     swaps = rng.random(len(words)) < o['free_order'] if o['free_order'] else ()
     target, links = translate(lexicon, words, swaps)
+    if o['inserted_particles']:   # after translating: the target and its order stay as they are
+      words, positions = insert_particles(lexicon, words, o['inserted_particles'], insert_rng)
+      links = [(positions[i - 1] + 1, j) for i, j in links]
     out.append((to_bpe(lexicon, words), to_bpe(lexicon, target), talp_line(links)))
   return out
 

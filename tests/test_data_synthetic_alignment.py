@@ -105,6 +105,28 @@ def test_particles_translate_into_nothing_and_leave_no_empty_target(tmp_path):
   assert dropped > SMALL['num_train'] // 4   # particles are really exercised
 
 
+def test_inserted_particles_only_add_unlinked_particles(tmp_path, corpus):
+  plain = sa.generate(tmp_path / 'plain', dict(sa.options_config().to_dict(), **SMALL,
+                                                particle_share=1.0))
+  dense = sa.generate(tmp_path / 'dense', dict(sa.options_config().to_dict(), **SMALL,
+                                                particle_share=1.0, inserted_particles=0.5))
+  classes, translation = _read_lexicon(dense)
+  inserted = 0
+  for (src0, tgt0, links0), (src, tgt, links) in zip(_split(plain, 'train'),
+                                                     _split(dense, 'train')):
+    assert tgt == tgt0   # the same sentence, with more particles on the source side only
+    kept = [i for i, w in enumerate(src, 1) if translation[w]]
+    assert [src[i - 1] for i in kept] == [w for w in src0 if translation[w]]
+    assert all(classes[w] == sa.OTHER for w in src if not translation[w])
+    # the links are the plain sentence's, carried to the shifted source positions
+    assert links == {(kept[k], j) for k, j in
+                     ((sorted({i for i, _ in links0}).index(i), j) for i, j in links0)}
+    inserted += len(src) - len(src0)
+  # a geometric count of mean 0.5 / (1 - 0.5) = 1 after each word
+  words = sum(len(s) for s, _, _ in _split(plain, 'train'))
+  assert 0.8 * words < inserted < 1.2 * words
+
+
 def test_free_order_swaps_whole_units_and_keeps_the_lexicon(tmp_path):
   corpus = sa.generate(tmp_path / 'free', dict(sa.options_config().to_dict(), **SMALL,
                                                 free_order=0.5))
@@ -244,6 +266,10 @@ def test_bad_options_are_named():
     sa.check_options(dict(o, particle_share=1.5))
   with pytest.raises(ValueError, match=r'free_order=1.0: expected a chance in \[0, 1\)'):
     sa.check_options(dict(o, free_order=1.0))
+  with pytest.raises(ValueError, match=r'inserted_particles=1.0: expected a chance in \[0, 1\)'):
+    sa.check_options(dict(o, particle_share=1.0, inserted_particles=1.0))
+  with pytest.raises(ValueError, match='inserted_particles=0.2 needs particles'):
+    sa.check_options(dict(o, inserted_particles=0.2))
   c = data.translation_data_config('synthetic_alignment')
   c.source = 'tfds'
   with pytest.raises(ValueError, match="must be 'files'"):
