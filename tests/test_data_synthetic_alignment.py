@@ -4,6 +4,7 @@ The properties are checked against the generated files (lexicon.tsv, the BPE tex
 links), not against the generator's own helpers, so a bug in one is not repeated in the check.
 """
 
+import json
 from pathlib import Path
 
 import ml_collections
@@ -239,6 +240,27 @@ def test_a_given_data_dir_is_generated_once_and_checked(tmp_path):
   (tmp_path / 'foreign' / 'notes.txt').write_text('x')
   c.dir = str(tmp_path / 'foreign')
   with pytest.raises(ValueError, match='no generator.json'):
+    sa.prepare(c)
+
+
+def test_configs_and_folders_from_before_the_later_options_still_match(tmp_path):
+  old = _data_config(tmp_path)
+  for key in ('particle_share', 'free_order', 'inserted_particles'):
+    del old.synthetic[key]   # a workdir's config.json recorded before they existed
+  assert sa.corpus_dir(old) == sa.corpus_dir(_data_config(tmp_path))
+  new = _data_config(tmp_path, particle_share=0.5)
+  assert sa.corpus_dir(new) != sa.corpus_dir(_data_config(tmp_path))
+  # a folder whose generator.json lists every option at 0, as earlier versions wrote it
+  old.dir = str(tmp_path / 'given')
+  directory = sa.prepare(old)
+  manifest = json.loads((directory / sa.MANIFEST).read_text())
+  manifest['options'].update(particle_share=0.0, free_order=0.0)
+  (directory / sa.MANIFEST).write_text(json.dumps(manifest))
+  c = _data_config(tmp_path)
+  c.dir = old.dir
+  assert sa.prepare(c) == directory
+  c.synthetic.inserted_particles, c.synthetic.particle_share = 0.3, 0.5
+  with pytest.raises(ValueError, match='was generated with'):
     sa.prepare(c)
 
 
