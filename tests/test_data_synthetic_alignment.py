@@ -106,15 +106,14 @@ def test_particles_translate_into_nothing_and_leave_no_empty_target(tmp_path):
   assert dropped > SMALL['num_train'] // 4   # particles are really exercised
 
 
-def test_inserted_particles_only_add_unlinked_particles(tmp_path, corpus):
+def test_inserted_particles_only_add_unlinked_particles(tmp_path):
   plain = sa.generate(tmp_path / 'plain', dict(sa.options_config().to_dict(), **SMALL,
                                                 particle_share=1.0))
   dense = sa.generate(tmp_path / 'dense', dict(sa.options_config().to_dict(), **SMALL,
                                                 particle_share=1.0, inserted_particles=0.5))
   classes, translation = _read_lexicon(dense)
-  inserted = 0
-  for (src0, tgt0, links0), (src, tgt, links) in zip(_split(plain, 'train'),
-                                                     _split(dense, 'train')):
+  inserted, plain_train = 0, _split(plain, 'train')
+  for (src0, tgt0, links0), (src, tgt, links) in zip(plain_train, _split(dense, 'train')):
     assert tgt == tgt0   # the same sentence, with more particles on the source side only
     kept = [i for i, w in enumerate(src, 1) if translation[w]]
     assert [src[i - 1] for i in kept] == [w for w in src0 if translation[w]]
@@ -124,7 +123,7 @@ def test_inserted_particles_only_add_unlinked_particles(tmp_path, corpus):
                      ((sorted({i for i, _ in links0}).index(i), j) for i, j in links0)}
     inserted += len(src) - len(src0)
   # a geometric count of mean 0.5 / (1 - 0.5) = 1 after each word
-  words = sum(len(s) for s, _, _ in _split(plain, 'train'))
+  words = sum(len(s) for s, _, _ in plain_train)
   assert 0.8 * words < inserted < 1.2 * words
 
 
