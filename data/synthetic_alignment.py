@@ -28,10 +28,20 @@ links). Real gold alignments are few and hand-made; here every link is exact.
 * free order (`free_order`, default 0): after that rule, left to right, each unit (a word, or
   a swapped noun + adjective pair) changes places with the next one with this chance (a pair
   that changed places is not looked at again), so word order is no longer a function of the
-  classes.
+  classes;
+* agreement (`agreement`, default off): the source words of each class come in pairs (first
+  and second, third and fourth, … in generation order, an odd last one alone) that share the
+  first one's target word(s) and differ in a gender the target does not show (0 for the first,
+  1 for the second); every target word has a second, marked form (words of their own, drawn
+  after the rest of the lexicon), and a target word takes it when the source word of the target
+  word before it has gender 1. So the form of the next target word depends on the source of the
+  word just written, which the word itself does not tell: the decoder has to look it up in the
+  source, the mechanism that the alignment-with-input reading (AWI, one row shifted) finds in
+  the paper's Europarl model. Pairs are made last, so a particle's partner is a particle too.
 
-All three default to 0. They make the task harder to solve by target position alone;
-docs/analysis.md reports what they do to the alignments read from the cross-attention.
+The first three default to 0. They make the task harder to solve by target position alone;
+docs/analysis.md reports what they and agreement do to the alignments read from the
+cross-attention.
 
 A sentence of n words (n uniform in [`min_words`, `max_words`]) is a sequence of chunks drawn
 with probabilities adjective+noun 0.3, noun 0.2, verb 0.2, adjective 0.1, other 0.2 (a pair
@@ -52,7 +62,8 @@ A sentence whose words are all particles (an empty target) is drawn again.
   alignment error rate is then 1 − 2|A∩S| / (|A| + |S|) (analysis/alignment.py reads them);
 * `lexicon.tsv` (source word, class, target word(s); nothing after the class for a particle)
   and `generator.json` (the options and the generator version, checked when the folder is used
-  again).
+  again); with agreement also `agreement.tsv` (source word, gender) and `forms.tsv` (target
+  word, its marked form).
 
 **Determinism**: the lexicon comes from `default_rng([data_seed, 0])`, split k (train, valid,
 test) from `default_rng([data_seed, 1 + k])` (its inserted particles from
@@ -64,9 +75,10 @@ killed while writing leaves no folder that looks complete.
 **Where**: `data.dir` when given (generated there when it is missing or empty; a folder generated
 with other options is an error), else `<data cache>/synthetic_alignment/<key of the options>`
 (data/cache.py: `data.cache_dir`, `$ATTENTION_LAB_CACHE`, …), rebuilt on demand when deleted.
-The options added after the first version (particle, inserted-particle and free-order) are
-left out of that key and of `generator.json` while 0, and a config recorded before one existed
-reads it as 0, so workdirs and folders made before an option was added still match.
+The options added after the first version (particle, inserted-particle, free-order and
+agreement) are left out of that key and of `generator.json` while 0 (off), and a config
+recorded before one existed reads it as 0, so workdirs and folders made before an option was
+added still match.
 `gold_files(config.data, split)` returns a split's source, target and gold paths.
 """
 
@@ -93,6 +105,8 @@ SPLIT_NAMES = ('train', 'valid', 'test')
 GENERATOR_VERSION = 'synthetic-alignment-v1'
 MANIFEST = 'generator.json'
 LEXICON = 'lexicon.tsv'
+GENDERS = 'agreement.tsv'    # with agreement only
+FORMS = 'forms.tsv'          # with agreement only
 
 NOUN, ADJECTIVE, VERB, OTHER = 'noun', 'adjective', 'verb', 'other'
 _CLASS_SHARES = ((NOUN, 0.4), (ADJECTIVE, 0.2), (VERB, 0.2), (OTHER, 0.2))
@@ -126,6 +140,7 @@ def options_config() -> ml_collections.ConfigDict:
   c.particle_share = 0.0    # share of the 'other' words that translate into nothing
   c.free_order = 0.0        # chance that two neighbouring units change places
   c.inserted_particles = 0.0   # chance of one more particle after each source word, repeated
+  c.agreement = False       # a target word's form shows the gender of the previous word's source
   return c
 
 
@@ -133,7 +148,8 @@ def options_config() -> ml_collections.ConfigDict:
 # before them. A config recorded before one existed (a workdir's config.json) gets that value,
 # and at that value an option is left out of the folder's key and of its manifest, so that the
 # folders and workdirs of earlier versions are still found and still match.
-_ADDED_LATER = {'particle_share': 0.0, 'free_order': 0.0, 'inserted_particles': 0.0}
+_ADDED_LATER = {'particle_share': 0.0, 'free_order': 0.0, 'inserted_particles': 0.0,
+                'agreement': False}
 
 
 def _with_later_defaults(options: ml_collections.ConfigDict | dict) -> dict:
@@ -173,6 +189,8 @@ def check_options(options: ml_collections.ConfigDict | dict) -> None:
   if o['inserted_particles'] and not o['particle_share']:
     raise ValueError(f'data.synthetic.inserted_particles={o["inserted_particles"]} needs '
                      f'particles: expected data.synthetic.particle_share > 0')
+  if not isinstance(o['agreement'], bool):
+    raise ValueError(f'data.synthetic.agreement={o["agreement"]!r}: expected True or False')
   if o['data_seed'] < 0:
     raise ValueError(f'data.synthetic.data_seed={o["data_seed"]}: expected a seed ≥ 0')
 
@@ -190,11 +208,17 @@ class Lexicon:
     translation: source word → its target word(s) (two for a one-to-many noun, none for a
       particle).
     pieces: every word of either side → its BPE pieces without the "@@" marker.
+    gender: with agreement, source word → 0 or 1 (the second of a pair that shares its target
+      words has 1); empty without.
+    marked_form: with agreement, target word → the form it takes after a word whose source has
+      gender 1; empty without.
   """
   source: tuple[str, ...]
   word_class: dict[str, str]
   translation: dict[str, tuple[str, ...]]
   pieces: dict[str, tuple[str, ...]]
+  gender: dict[str, int] = dataclasses.field(default_factory=dict)
+  marked_form: dict[str, str] = dataclasses.field(default_factory=dict)
 
   def by_class(self, word_class: str) -> tuple[str, ...]:
     return tuple(w for w in self.source if self.word_class[w] == word_class)
@@ -233,8 +257,9 @@ def _tgt_syllable(rng: np.random.Generator) -> str:
 
 
 def make_lexicon(data_seed: int, num_words: int, one_to_many: bool = True,
-                 particle_share: float = 0.0) -> Lexicon:
-  """The lexicon of `data_seed`: `num_words` source ↔ target words, classes, BPE pieces."""
+                 particle_share: float = 0.0, agreement: bool = False) -> Lexicon:
+  """The lexicon of `data_seed`: `num_words` source ↔ target words, classes, BPE pieces (and,
+  with `agreement`, genders and marked forms; the rest is the same with or without)."""
   rng = np.random.default_rng([data_seed, 0])
   taken: set[str] = set()
   source = _draw_words(rng, num_words, _src_syllable, _SRC_SYLLABLE_P, taken)
@@ -258,7 +283,20 @@ def make_lexicon(data_seed: int, num_words: int, one_to_many: bool = True,
   others = [w for w, _ in source if word_class[w] == OTHER]
   for particle in others[:round(particle_share * len(others))]:
     translation[particle] = ()
-  return Lexicon(tuple(w for w, _ in source), word_class, translation, pieces)
+  gender, marked_form = {}, {}
+  if agreement:
+    for cls, _ in _CLASS_SHARES:
+      members = [w for w, _ in source if word_class[w] == cls]
+      for k, word in enumerate(members):
+        gender[word] = k % 2
+        if k % 2:
+          translation[word] = translation[members[k - 1]]
+    plain = [w for w, _ in target] + classifiers
+    for word, (form, syllables) in zip(plain, _draw_words(rng, len(plain), _tgt_syllable,
+                                                          _TGT_SYLLABLE_P, taken)):
+      marked_form[word], pieces[form] = form, _bpe_pieces(syllables)
+  return Lexicon(tuple(w for w, _ in source), word_class, translation, pieces, gender,
+                 marked_form)
 
 
 # ---------------------------------------------------------------------------------- sentences
@@ -311,6 +349,8 @@ def translate(lexicon: Lexicon, words: Sequence[str], free_swaps: Sequence[bool]
   target, links = [], []
   for i in reorder([lexicon.word_class[w] for w in words], free_swaps):
     for t in lexicon.translation[words[i]]:
+      if target and lexicon.gender and lexicon.gender[words[links[-1][0] - 1]]:
+        t = lexicon.marked_form[t]   # agreement with the source of the word before
       target.append(t)
       links.append((i + 1, len(target)))
   return target, sorted(links)
@@ -352,8 +392,7 @@ def make_split(options: ml_collections.ConfigDict | dict, split: str,
   o = dict(options)
   if split not in SPLIT_NAMES:
     raise ValueError(f'unknown split {split!r}; expected one of {", ".join(SPLIT_NAMES)}')
-  lexicon = lexicon or make_lexicon(o['data_seed'], o['num_words'], o['one_to_many'],
-                                    o['particle_share'])
+  lexicon = lexicon or _lexicon(o)
   rng = np.random.default_rng([o['data_seed'], 1 + SPLIT_NAMES.index(split)])
   # A stream of its own, so that the sentences drawn do not depend on this option.
   insert_rng = np.random.default_rng([o['data_seed'], 1 + SPLIT_NAMES.index(split), 1])
@@ -368,6 +407,12 @@ def make_split(options: ml_collections.ConfigDict | dict, split: str,
       links = [(positions[i - 1] + 1, j) for i, j in links]
     out.append((to_bpe(lexicon, words), to_bpe(lexicon, target), talp_line(links)))
   return out
+
+
+def _lexicon(options: dict) -> Lexicon:
+  o = _with_later_defaults(options)
+  return make_lexicon(o['data_seed'], o['num_words'], o['one_to_many'], o['particle_share'],
+                      o['agreement'])
 
 
 # ------------------------------------------------------------------------------------- folder
@@ -395,13 +440,16 @@ def generate(directory: str | os.PathLike, options: ml_collections.ConfigDict | 
   tmp = directory.parent / f'.tmp-{directory.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}'
   tmp.mkdir()
   try:
-    lexicon = make_lexicon(o['data_seed'], o['num_words'], o['one_to_many'], o['particle_share'])
+    lexicon = _lexicon(o)
     for split in SPLIT_NAMES:
       rows = make_split(o, split, lexicon)
       for k, suffix in enumerate((SRC_LANG, TGT_LANG, GOLD_SUFFIX)):
         _write_text(tmp / f'{split}.{suffix}', [row[k] for row in rows])
     _write_text(tmp / LEXICON, [f'{w}\t{lexicon.word_class[w]}\t{" ".join(lexicon.translation[w])}'
                                 for w in lexicon.source])
+    if lexicon.gender:
+      _write_text(tmp / GENDERS, [f'{w}\t{lexicon.gender[w]}' for w in lexicon.source])
+      _write_text(tmp / FORMS, [f'{w}\t{m}' for w, m in lexicon.marked_form.items()])
     (tmp / MANIFEST).write_text(json.dumps(_manifest(o), indent=1, sort_keys=True) + '\n',
                                 encoding='utf-8')
     try:

@@ -149,6 +149,43 @@ def test_free_order_swaps_whole_units_and_keeps_the_lexicon(tmp_path):
   assert free_swaps > SMALL['num_train'] // 4   # the free order is really exercised
 
 
+
+def _read_tsv(path: Path) -> dict[str, str]:
+  return dict(line.split('\t') for line in path.read_text(encoding='utf-8').splitlines())
+
+
+def test_agreement_marks_the_word_after_a_gender_1_source(tmp_path, corpus):
+  agreeing = sa.generate(tmp_path / 'agree', dict(sa.options_config().to_dict(), **SMALL,
+                                                   agreement=True))
+  classes, translation = _read_lexicon(agreeing)
+  gender = {w: int(g) for w, g in _read_tsv(agreeing / sa.GENDERS).items()}
+  forms = _read_tsv(agreeing / sa.FORMS)
+  assert set(gender) == set(classes)
+  # pairs of one class, in lexicon order, share the first one's target words; genders 0, 1
+  for cls in set(classes.values()):
+    members = [w for w in classes if classes[w] == cls]
+    assert [gender[w] for w in members] == [k % 2 for k in range(len(members))]
+    for first, second in zip(members[::2], members[1::2]):
+      assert translation[second] == translation[first]
+  plain = {t for ts in translation.values() for t in ts}
+  assert plain <= set(forms) and not set(forms.values()) & (plain | set(classes))
+  assert len(set(forms.values())) == len(forms)
+  _, own_translation = _read_lexicon(corpus)   # the lexicon without agreement
+  marked = 0
+  for (src, tgt, links), (src0, _, _) in zip(_split(agreeing, 'train'), _split(corpus, 'train')):
+    assert src == src0   # the same source sentences (a pair's one-to-many may move links)
+    source_of = {j: i for i, j in links}
+    for j in range(1, len(tgt) + 1):
+      word = src[source_of[j] - 1]
+      k = sum(source_of[jj] == source_of[j] for jj in range(1, j))   # its k-th target word
+      base = translation[word][k]
+      if gender[word] == 0:   # the first of a pair keeps its own target words
+        assert base == own_translation[word][k]
+      after_gender_1 = j > 1 and gender[src[source_of[j - 1] - 1]] == 1
+      assert tgt[j - 1] == (forms[base] if after_gender_1 else base)
+      marked += after_gender_1
+  assert marked > SMALL['num_train']   # the marked forms are really exercised
+
 @pytest.mark.parametrize('split', sa.SPLIT_NAMES)
 def test_gold_links_translate_each_source_word_into_its_target_words(corpus, split):
   _, translation = _read_lexicon(corpus)
@@ -244,7 +281,7 @@ def test_a_given_data_dir_is_generated_once_and_checked(tmp_path):
 
 def test_configs_and_folders_from_before_the_later_options_still_match(tmp_path):
   old = _data_config(tmp_path)
-  for key in ('particle_share', 'free_order', 'inserted_particles'):
+  for key in ('particle_share', 'free_order', 'inserted_particles', 'agreement'):
     del old.synthetic[key]   # a workdir's config.json recorded before they existed
   assert sa.corpus_dir(old) == sa.corpus_dir(_data_config(tmp_path))
   new = _data_config(tmp_path, particle_share=0.5)
@@ -291,6 +328,8 @@ def test_bad_options_are_named():
     sa.check_options(dict(o, particle_share=1.0, inserted_particles=1.0))
   with pytest.raises(ValueError, match='inserted_particles=0.2 needs particles'):
     sa.check_options(dict(o, inserted_particles=0.2))
+  with pytest.raises(ValueError, match="agreement='yes': expected True or False"):
+    sa.check_options(dict(o, agreement='yes'))
   c = data.translation_data_config('synthetic_alignment')
   c.source = 'tfds'
   with pytest.raises(ValueError, match="must be 'files'"):
