@@ -29,15 +29,16 @@ links). Real gold alignments are few and hand-made; here every link is exact.
   a swapped noun + adjective pair) changes places with the next one with this chance (a pair
   that changed places is not looked at again), so word order is no longer a function of the
   classes;
-* agreement (`agreement`, default off): the source words of each class come in pairs (first
-  and second, third and fourth, … in generation order, an odd last one alone) that share the
-  first one's target word(s) and differ in a gender the target does not show (0 for the first,
-  1 for the second); every target word has a second, marked form (words of their own, drawn
-  after the rest of the lexicon), and a target word takes it when the source word of the target
-  word before it has gender 1. So the form of the next target word depends on the source of the
-  word just written, which the word itself does not tell: the decoder has to look it up in the
-  source, the mechanism that the alignment-with-input reading (AWI, one row shifted) finds in
-  the paper's Europarl model. Pairs are made last, so a particle's partner is a particle too.
+* agreement (`agreement`, default 0 = off; G ≥ 2 genders): the source words of each class come
+  in groups of G (the first G, the next G, … in generation order, a shorter last group) that
+  share the first one's target word(s) and differ in a gender the target does not show (0 for
+  the first of a group, 1 for the second, …); every target word has G − 1 marked forms (words
+  of their own, drawn after the rest of the lexicon), and a target word takes the g-th when the
+  source word of the target word before it has gender g > 0. So the form of the next target
+  word depends on the source of the word just written, which the word itself does not tell:
+  the decoder has to look it up in the source, the mechanism that the alignment-with-input
+  reading (AWI, one row shifted) finds in the paper's Europarl model. Groups are made last, so
+  a particle's partners are particles too.
 
 The first three default to 0. They make the task harder to solve by target position alone;
 docs/analysis.md reports what they and agreement do to the alignments read from the
@@ -63,7 +64,7 @@ A sentence whose words are all particles (an empty target) is drawn again.
 * `lexicon.tsv` (source word, class, target word(s); nothing after the class for a particle)
   and `generator.json` (the options and the generator version, checked when the folder is used
   again); with agreement also `agreement.tsv` (source word, gender) and `forms.tsv` (target
-  word, its marked form).
+  word, then its G − 1 marked forms).
 
 **Determinism**: the lexicon comes from `default_rng([data_seed, 0])`, split k (train, valid,
 test) from `default_rng([data_seed, 1 + k])` (its inserted particles from
@@ -140,7 +141,8 @@ def options_config() -> ml_collections.ConfigDict:
   c.particle_share = 0.0    # share of the 'other' words that translate into nothing
   c.free_order = 0.0        # chance that two neighbouring units change places
   c.inserted_particles = 0.0   # chance of one more particle after each source word, repeated
-  c.agreement = False       # a target word's form shows the gender of the previous word's source
+  c.agreement = 0           # genders (≥ 2; 0 off): a target word's form shows the gender of
+                            # the source of the word before it
   return c
 
 
@@ -149,7 +151,7 @@ def options_config() -> ml_collections.ConfigDict:
 # and at that value an option is left out of the folder's key and of its manifest, so that the
 # folders and workdirs of earlier versions are still found and still match.
 _ADDED_LATER = {'particle_share': 0.0, 'free_order': 0.0, 'inserted_particles': 0.0,
-                'agreement': False}
+                'agreement': 0}
 
 
 def _with_later_defaults(options: ml_collections.ConfigDict | dict) -> dict:
@@ -189,8 +191,10 @@ def check_options(options: ml_collections.ConfigDict | dict) -> None:
   if o['inserted_particles'] and not o['particle_share']:
     raise ValueError(f'data.synthetic.inserted_particles={o["inserted_particles"]} needs '
                      f'particles: expected data.synthetic.particle_share > 0')
-  if not isinstance(o['agreement'], bool):
-    raise ValueError(f'data.synthetic.agreement={o["agreement"]!r}: expected True or False')
+  g = o['agreement']
+  if isinstance(g, bool) or not isinstance(g, int) or g < 0 or g == 1:
+    raise ValueError(f'data.synthetic.agreement={g!r}: expected 0 (off) or a number of '
+                     f'genders ≥ 2')
   if o['data_seed'] < 0:
     raise ValueError(f'data.synthetic.data_seed={o["data_seed"]}: expected a seed ≥ 0')
 
@@ -208,17 +212,17 @@ class Lexicon:
     translation: source word → its target word(s) (two for a one-to-many noun, none for a
       particle).
     pieces: every word of either side → its BPE pieces without the "@@" marker.
-    gender: with agreement, source word → 0 or 1 (the second of a pair that shares its target
-      words has 1); empty without.
-    marked_form: with agreement, target word → the form it takes after a word whose source has
-      gender 1; empty without.
+    gender: with agreement, source word → its gender, 0 … G − 1 (its place in the group of G
+      that shares one target translation); empty without.
+    marked_form: with agreement, target word → its G − 1 marked forms, the g-th taken after a
+      word whose source has gender g; empty without.
   """
   source: tuple[str, ...]
   word_class: dict[str, str]
   translation: dict[str, tuple[str, ...]]
   pieces: dict[str, tuple[str, ...]]
   gender: dict[str, int] = dataclasses.field(default_factory=dict)
-  marked_form: dict[str, str] = dataclasses.field(default_factory=dict)
+  marked_form: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
   def by_class(self, word_class: str) -> tuple[str, ...]:
     return tuple(w for w in self.source if self.word_class[w] == word_class)
@@ -257,9 +261,10 @@ def _tgt_syllable(rng: np.random.Generator) -> str:
 
 
 def make_lexicon(data_seed: int, num_words: int, one_to_many: bool = True,
-                 particle_share: float = 0.0, agreement: bool = False) -> Lexicon:
+                 particle_share: float = 0.0, agreement: int = 0) -> Lexicon:
   """The lexicon of `data_seed`: `num_words` source ↔ target words, classes, BPE pieces (and,
-  with `agreement`, genders and marked forms; the rest is the same with or without)."""
+  with `agreement` = G ≥ 2 genders, genders and marked forms; the rest is the same with or
+  without)."""
   rng = np.random.default_rng([data_seed, 0])
   taken: set[str] = set()
   source = _draw_words(rng, num_words, _src_syllable, _SRC_SYLLABLE_P, taken)
@@ -288,13 +293,14 @@ def make_lexicon(data_seed: int, num_words: int, one_to_many: bool = True,
     for cls, _ in _CLASS_SHARES:
       members = [w for w, _ in source if word_class[w] == cls]
       for k, word in enumerate(members):
-        gender[word] = k % 2
-        if k % 2:
-          translation[word] = translation[members[k - 1]]
+        gender[word] = k % agreement
+        translation[word] = translation[members[k - k % agreement]]
     plain = [w for w, _ in target] + classifiers
-    for word, (form, syllables) in zip(plain, _draw_words(rng, len(plain), _tgt_syllable,
-                                                          _TGT_SYLLABLE_P, taken)):
-      marked_form[word], pieces[form] = form, _bpe_pieces(syllables)
+    forms = _draw_words(rng, (agreement - 1) * len(plain), _tgt_syllable, _TGT_SYLLABLE_P, taken)
+    for n, word in enumerate(plain):
+      mine = forms[(agreement - 1) * n:(agreement - 1) * (n + 1)]
+      marked_form[word] = tuple(form for form, _ in mine)
+      pieces.update((form, _bpe_pieces(syllables)) for form, syllables in mine)
   return Lexicon(tuple(w for w, _ in source), word_class, translation, pieces, gender,
                  marked_form)
 
@@ -349,8 +355,9 @@ def translate(lexicon: Lexicon, words: Sequence[str], free_swaps: Sequence[bool]
   target, links = [], []
   for i in reorder([lexicon.word_class[w] for w in words], free_swaps):
     for t in lexicon.translation[words[i]]:
-      if target and lexicon.gender and lexicon.gender[words[links[-1][0] - 1]]:
-        t = lexicon.marked_form[t]   # agreement with the source of the word before
+      g = lexicon.gender[words[links[-1][0] - 1]] if target and lexicon.gender else 0
+      if g:
+        t = lexicon.marked_form[t][g - 1]   # agreement with the source of the word before
       target.append(t)
       links.append((i + 1, len(target)))
   return target, sorted(links)
@@ -449,7 +456,7 @@ def generate(directory: str | os.PathLike, options: ml_collections.ConfigDict | 
                                 for w in lexicon.source])
     if lexicon.gender:
       _write_text(tmp / GENDERS, [f'{w}\t{lexicon.gender[w]}' for w in lexicon.source])
-      _write_text(tmp / FORMS, [f'{w}\t{m}' for w, m in lexicon.marked_form.items()])
+      _write_text(tmp / FORMS, ['\t'.join((w,) + m) for w, m in lexicon.marked_form.items()])
     (tmp / MANIFEST).write_text(json.dumps(_manifest(o), indent=1, sort_keys=True) + '\n',
                                 encoding='utf-8')
     try:

@@ -154,37 +154,41 @@ def _read_tsv(path: Path) -> dict[str, str]:
   return dict(line.split('\t') for line in path.read_text(encoding='utf-8').splitlines())
 
 
-def test_agreement_marks_the_word_after_a_gender_1_source(tmp_path, corpus):
+@pytest.mark.parametrize('genders', [2, 3])
+def test_agreement_marks_the_word_after_a_source_of_gender_g(tmp_path, corpus, genders):
   agreeing = sa.generate(tmp_path / 'agree', dict(sa.options_config().to_dict(), **SMALL,
-                                                   agreement=True))
+                                                   agreement=genders))
   classes, translation = _read_lexicon(agreeing)
   gender = {w: int(g) for w, g in _read_tsv(agreeing / sa.GENDERS).items()}
-  forms = _read_tsv(agreeing / sa.FORMS)
+  forms = {line.split('\t')[0]: line.split('\t')[1:]
+           for line in (agreeing / sa.FORMS).read_text(encoding='utf-8').splitlines()}
   assert set(gender) == set(classes)
-  # pairs of one class, in lexicon order, share the first one's target words; genders 0, 1
+  # groups of G of one class, in lexicon order, share the first one's target words
   for cls in set(classes.values()):
     members = [w for w in classes if classes[w] == cls]
-    assert [gender[w] for w in members] == [k % 2 for k in range(len(members))]
-    for first, second in zip(members[::2], members[1::2]):
-      assert translation[second] == translation[first]
+    assert [gender[w] for w in members] == [k % genders for k in range(len(members))]
+    for k, word in enumerate(members):
+      assert translation[word] == translation[members[k - k % genders]]
   plain = {t for ts in translation.values() for t in ts}
-  assert plain <= set(forms) and not set(forms.values()) & (plain | set(classes))
-  assert len(set(forms.values())) == len(forms)
+  marked_words = [m for ms in forms.values() for m in ms]
+  assert plain <= set(forms) and not set(marked_words) & (plain | set(classes))
+  assert all(len(ms) == genders - 1 for ms in forms.values())
+  assert len(set(marked_words)) == len(marked_words)
   _, own_translation = _read_lexicon(corpus)   # the lexicon without agreement
-  marked = 0
+  marked = [0] * genders
   for (src, tgt, links), (src0, _, _) in zip(_split(agreeing, 'train'), _split(corpus, 'train')):
-    assert src == src0   # the same source sentences (a pair's one-to-many may move links)
+    assert src == src0   # the same source sentences (a group's one-to-many may move links)
     source_of = {j: i for i, j in links}
     for j in range(1, len(tgt) + 1):
       word = src[source_of[j] - 1]
       k = sum(source_of[jj] == source_of[j] for jj in range(1, j))   # its k-th target word
       base = translation[word][k]
-      if gender[word] == 0:   # the first of a pair keeps its own target words
+      if gender[word] == 0:   # the first of a group keeps its own target words
         assert base == own_translation[word][k]
-      after_gender_1 = j > 1 and gender[src[source_of[j - 1] - 1]] == 1
-      assert tgt[j - 1] == (forms[base] if after_gender_1 else base)
-      marked += after_gender_1
-  assert marked > SMALL['num_train']   # the marked forms are really exercised
+      g = gender[src[source_of[j - 1] - 1]] if j > 1 else 0
+      assert tgt[j - 1] == (forms[base][g - 1] if g else base)
+      marked[g] += 1
+  assert min(marked) > SMALL['num_train'] // genders   # every form is really exercised
 
 @pytest.mark.parametrize('split', sa.SPLIT_NAMES)
 def test_gold_links_translate_each_source_word_into_its_target_words(corpus, split):
@@ -328,8 +332,10 @@ def test_bad_options_are_named():
     sa.check_options(dict(o, particle_share=1.0, inserted_particles=1.0))
   with pytest.raises(ValueError, match='inserted_particles=0.2 needs particles'):
     sa.check_options(dict(o, inserted_particles=0.2))
-  with pytest.raises(ValueError, match="agreement='yes': expected True or False"):
-    sa.check_options(dict(o, agreement='yes'))
+  for bad in (1, -2, True, 'yes'):
+    with pytest.raises(ValueError, match=f"agreement={bad!r}: expected 0 .off. or a number of "
+                                         "genders ≥ 2"):
+      sa.check_options(dict(o, agreement=bad))
   c = data.translation_data_config('synthetic_alignment')
   c.source = 'tfds'
   with pytest.raises(ValueError, match="must be 'files'"):
