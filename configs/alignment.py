@@ -15,7 +15,10 @@ from the cross-attention (Kobayashi et al. 2020, arXiv:2004.10102, §5); `gold_f
 Harder variants (default 0, the task above): `data.synthetic.particle_share` (that share of the
 'other' words translate into nothing), `data.synthetic.inserted_particles` (chance of one more
 such particle after each source word, repeated) and `data.synthetic.free_order` (chance that
-neighbouring units change places); docs/analysis.md reports the alignments they give.
+neighbouring units change places), and `data.synthetic.agreement=G` (G genders: a target word's
+form shows the gender of the previous word's source, so the decoder must align by AWI; with
+`model.encoder_layers=0`, G = 4 and 8,000 updates, 3.4 % norm-based AWI AER in layer 1);
+docs/analysis.md reports the alignments they give.
 Presets: `size=tiny|small`, `attention=<kind>`, `steps=<N>`.
 
 size=small (the default): 2+2 pre-LN layers × 128 (FFN 256, 4 heads, so that per-head maps can
