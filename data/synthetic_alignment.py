@@ -353,13 +353,12 @@ def translate(lexicon: Lexicon, words: Sequence[str], free_swaps: Sequence[bool]
               ) -> tuple[list[str], list[tuple[int, int]]]:
   """(target words, gold links): links are 1-based (source word i, target word j), sorted."""
   target, links = [], []
+  g = 0   # the gender of the source of the target word before (0 without agreement)
   for i in reorder([lexicon.word_class[w] for w in words], free_swaps):
     for t in lexicon.translation[words[i]]:
-      g = lexicon.gender[words[links[-1][0] - 1]] if target and lexicon.gender else 0
-      if g:
-        t = lexicon.marked_form[t][g - 1]   # agreement with the source of the word before
-      target.append(t)
+      target.append(lexicon.marked_form[t][g - 1] if g else t)
       links.append((i + 1, len(target)))
+      g = lexicon.gender.get(words[i], 0)
   return target, sorted(links)
 
 

@@ -160,8 +160,8 @@ def test_agreement_marks_the_word_after_a_source_of_gender_g(tmp_path, corpus, g
                                                    agreement=genders))
   classes, translation = _read_lexicon(agreeing)
   gender = {w: int(g) for w, g in _read_tsv(agreeing / sa.GENDERS).items()}
-  forms = {line.split('\t')[0]: line.split('\t')[1:]
-           for line in (agreeing / sa.FORMS).read_text(encoding='utf-8').splitlines()}
+  forms = {w: marked for w, *marked in (
+      line.split('\t') for line in (agreeing / sa.FORMS).read_text(encoding='utf-8').splitlines())}
   assert set(gender) == set(classes)
   # groups of G of one class, in lexicon order, share the first one's target words
   for cls in set(classes.values()):
@@ -189,6 +189,7 @@ def test_agreement_marks_the_word_after_a_source_of_gender_g(tmp_path, corpus, g
       assert tgt[j - 1] == (forms[base][g - 1] if g else base)
       marked[g] += 1
   assert min(marked) > SMALL['num_train'] // genders   # every form is really exercised
+
 
 @pytest.mark.parametrize('split', sa.SPLIT_NAMES)
 def test_gold_links_translate_each_source_word_into_its_target_words(corpus, split):
