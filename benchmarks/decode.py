@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -52,6 +51,7 @@ from ml_collections import config_flags
 _REPO = Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:
   sys.path.insert(0, str(_REPO))
+from benchmarks import timing  # noqa: E402  pylint: disable=g-import-not-at-top
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', str(_REPO / 'configs' / 'iwslt14.py') + ':size=small',
@@ -326,8 +326,7 @@ def run_test_set():
 def _machine() -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   return {'platform': jax.devices()[0].platform, 'device': str(jax.devices()[0]),
-          'device_count': jax.device_count(), 'cpu': platform.processor() or platform.machine(),
-          'cpu_count': os.cpu_count(), 'jax': jax.__version__}
+          'device_count': jax.device_count(), **timing.machine()}
 
 
 if __name__ == '__main__':

@@ -444,7 +444,8 @@ def main(argv):
   out = Path(_OUT.value) if _OUT.value else Path('benchmarks/results') / f'lm_step-{stem}{"-" + tag if tag else ""}.json'
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(result, indent=2) + '\n')
-  print(f'{result["config"]} on {result["device"]} ({machine["cpu"]}, {machine["cores"]} cores), '
+  cpu = ', '.join(str(machine[k]) for k in ('cpu', 'cpu_family_model', 'vector_isa') if k in machine)
+  print(f'{result["config"]} on {result["device"]} ({cpu}, {machine["cores"]} cores), '
         f'{n_params:,} parameters, {config.batch_size}×{config.seq_len} tokens/step, '
         f'{config.model.dtype}')
   print(f'  bare jitted step : {bare:12,.0f} tokens/s (median of {len(times)})')

@@ -17,14 +17,25 @@ def machine() -> dict:
   """What the figures were measured on: CPU model, cores, load, library versions."""
   import jax  # pylint: disable=g-import-not-at-top
   model = platform.processor() or platform.machine()
+  info = {}
   try:
-    lines = Path('/proc/cpuinfo').read_text().splitlines()
-    model = next(l.split(':', 1)[1].strip() for l in lines if l.startswith('model name'))
-  except (OSError, StopIteration):
+    for line in Path('/proc/cpuinfo').read_text().splitlines():
+      key, _, value = line.partition(':')
+      info.setdefault(key.strip(), value.strip())  # the first processor's
+  except OSError:
     pass
+  model = info.get('model name', model)
   cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-  return {'cpu': model, 'cores': cores, 'jax': jax.__version__,
-          'jaxlib': importlib.metadata.version('jaxlib'),
+  out = {'cpu': model, 'cores': cores}
+  # Two machines that both call themselves "AMD EPYC" can be CPU generations apart (family 25
+  # is Zen 3/4, 26 Zen 5); the widest vector extension matters most to XLA's CPU kernels.
+  if 'cpu family' in info:
+    out['cpu_family_model'] = f"{info['cpu family']}/{info.get('model', '?')}"
+  flags = set(info.get('flags', '').split())
+  if flags:
+    out['vector_isa'] = next((isa for isa in ('avx512f', 'avx2', 'avx', 'sse4_2') if isa in flags),
+                             'other')
+  return {**out, 'jax': jax.__version__, 'jaxlib': importlib.metadata.version('jaxlib'),
           'load_average_1min_at_start': os.getloadavg()[0]}
 
 
