@@ -215,6 +215,9 @@ def _run_config(task: str) -> ml_collections.ConfigDict:
   # update is dropped, training goes on, and the skips are counted (`skipped_updates`).
   c.nan_policy = 'stop'       # stop | skip_update
   c.inject_nonfinite_step = 0  # testing only: update k's token weights are made +inf (0 = off)
+  # Testing only: once step k's checkpoint files are written, and before its checksums, the
+  # process SIGKILLs itself (0 = off): the crash that leaves a saved step uncommitted.
+  c.inject_kill_before_commit_step = 0
   # Rank collapse and gradient norms per layer on the first `examples` validation sequences,
   # every `every` updates and after the last (0 = off), into metrics.jsonl and TensorBoard
   # (training/diagnostics.py; what eval.py --analysis=collapse measures on a checkpoint).

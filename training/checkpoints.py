@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,11 @@ def verify_step(step_dir: Path, step: int, items: tuple[str, ...] = _ITEMS) -> d
 class Checkpoints:
   """The checkpoints of one workdir: save (async), commit, verify, restore, prune."""
 
-  def __init__(self, directory: Path, *, keep: int, read_only: bool = False):
+  def __init__(self, directory: Path, *, keep: int, read_only: bool = False,
+               kill_before_commit: int = 0):
+    """`kill_before_commit=k` (testing only, `config.inject_kill_before_commit_step`): the
+    process SIGKILLs itself once step k's files are written and before its manifest, the
+    moment a crash leaves a saved but uncommitted step."""
     if keep < 1:
       raise ValueError(f'keep_checkpoints must be ≥ 1, got {keep}')
     self.directory = Path(directory).absolute()
@@ -141,6 +146,7 @@ class Checkpoints:
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=_ITEMS)
     self._pending: tuple[int, float | None] | None = None
+    self._kill_before_commit = int(kill_before_commit)
     self._verified: set[tuple[int, tuple[str, ...]]] = set()  # (step, items) hashed already
     if not read_only and jax.process_index() == 0 and self.directory.is_dir():
       for leftover in self.directory.glob(_PRUNING + '*'):  # a run killed while pruning
@@ -242,6 +248,8 @@ class Checkpoints:
       return None
     step, valid_loss = self._pending
     self._manager.wait_until_finished()
+    if step == self._kill_before_commit:  # fault injection: crash before the commit
+      os.kill(os.getpid(), signal.SIGKILL)
     if jax.process_index() == 0:
       write_manifest(self.step_dir(step), step, valid_loss)
     distributed.sync(f'checkpoint_commit_{step}')  # every process sees the manifest

@@ -222,7 +222,8 @@ def _train(plan: _Plan, stop: signals.StopRequest) -> dict:
   if jax.process_index() == 0:
     workdir_lib.record(workdir, 'config', workdir_lib.config_to_dict(config))
     workdir_lib.record(workdir, 'data', data.describe())
-  checkpoints = ckpt_lib.Checkpoints(workdir / 'checkpoints', keep=config.keep_checkpoints)
+  checkpoints = ckpt_lib.Checkpoints(workdir / 'checkpoints', keep=config.keep_checkpoints,
+                                     kill_before_commit=config.inject_kill_before_commit_step)
   if plan.set_aside:
     checkpoints.set_aside(plan.set_aside, workdir / SET_ASIDE)
   for note in plan.notes:

@@ -21,6 +21,7 @@ RESUMABLE_KEYS = ('train_steps', 'log_every', 'eval_every', 'eval_batches', 'che
                   'keep_checkpoints', 'progress_bar', 'eval_context_window',
                   'decode',  # decoding settings: validation BLEU only, never the training
                   'nan_policy', 'inject_nonfinite_step',  # only act on a non-finite update
+                  'inject_kill_before_commit_step',  # a fault for tests
                   'mesh',  # how devices are arranged: a checkpoint restores onto any mesh
                   'diagnostics')  # measurements on the side, never the training
 
