@@ -5,8 +5,9 @@ reorder, and the output layer alone, at one fixed shape.
 
 A model of the config's shape (random weights, `--vocab` target words) runs beam search over
 `--batch` random sources of `--source_len` tokens, every hypothesis forced to `--output_len`
-tokens (min length = max length), `--repeats` timed runs after a warm-up; the median divided by
-the number of steps gives ms per step. The second row runs the same search with the cache reorder
+tokens (min length = max length). The rows are timed in turns, `--repeats` rounds, each turn
+after one untimed call (benchmarks/timing.py); a search's median divided by its steps gives ms
+per step. The second row runs the same search with the cache reorder
 between beams replaced by the identity: its hypotheses are wrong, and it exists only to measure
 what moving the caches costs. The third row times `model.log_probs` (the output projection and
 log-softmax) on `batch × beam` rows alone. Printed and written to
@@ -18,7 +19,6 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 from absl import app, flags
@@ -44,16 +44,6 @@ _OUT = flags.DEFINE_string('out', None, 'Result file (default '
 BOS, PAD, EOS = 2, 1, 2
 
 
-def _median_s(fn, repeats: int) -> float:
-  fn()  # compile and warm up
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
@@ -72,26 +62,31 @@ def main(argv):
   source[:, -1] = EOS
   max_lens = np.full((b,), n_out, np.int32)
   steps = n_out + 1
-  rows = {}
   reorder = decoding.reorder_cache
+  searches = {}
   try:
     for label, reorder_fn in (('beam step', reorder),
                               ('beam step without the cache reorder (wrong results)',
                                lambda cache, rows: cache)):
-      decoding.reorder_cache = reorder_fn  # read when the search is traced
+      decoding.reorder_cache = reorder_fn  # read when the search is traced, so compiled here
       settings = translate.DecodeSettings(beam_size=beam, min_len=n_out, max_len_a=0.0,
                                           max_len_b=n_out, mode='incremental')
       search = translate.make_search(graphdef, rest, settings, bos_id=BOS, eos_id=EOS,
                                      pad_id=PAD)
-      seconds = _median_s(lambda: jax.block_until_ready(
-          search(params, source, max_lens, max_len=n_out + 1)), _REPEATS.value)
-      rows[label] = 1000 * seconds / steps
+      searches[label] = search.lower(params, source, max_lens, max_len=steps).compile()
   finally:
     decoding.reorder_cache = reorder
   hidden = jnp.asarray(rng.standard_normal((b * beam, config.model.d_model), np.float32))
   log_probs = jax.jit(model.log_probs)
-  rows['output layer alone (log_probs)'] = 1000 * _median_s(
-      lambda: jax.block_until_ready(log_probs(hidden)), 5 * _REPEATS.value)
+  runners = {label: (lambda c=compiled: jax.block_until_ready(c(params, source, max_lens)))
+             for label, compiled in searches.items()}
+  runners['output layer alone (log_probs)'] = lambda: jax.block_until_ready(log_probs(hidden))
+  # In turns, so that a change of machine load hits every row alike; each turn starts with an
+  # untimed call, so that the output layer is timed warm, as inside the search; medians.
+  times = timing.time_in_turns(runners, _REPEATS.value, 1, warmup=1)
+  rows = {label: 1000 * statistics.median(t for r in rounds for t in r)
+                 / (steps if label in searches else 1)
+          for label, rounds in times.items()}
   result = {'ms_per_step': rows,
             'protocol': {'batch': b, 'beam': beam, 'hypotheses': b * beam,
                          'source_len': _SOURCE_LEN.value, 'output_len': n_out,
